@@ -1,0 +1,1 @@
+"""Everything that serves a request: features, catalog, routing."""

@@ -1,0 +1,156 @@
+"""The model catalog: OpenRouter ids, prices, and the alias table from dataset model names.
+
+Prices are USD per token (as OpenRouter reports them). A missing price is ``None``, never 0:
+an unpriced model cannot be routed on cost, and silently pricing it at 0 would hide spend.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CATALOG_PATH = REPO_ROOT / "models" / "catalog.json"
+
+# Dataset model names -> OpenRouter ids. The one place where names from benchmark files become
+# the ids the service routes to. The routerbench-subset ids are fixed by outside evaluation files.
+ALIASES: dict[str, str] = {
+    # routerbench-subset (RouterBench 0-shot)
+    "gpt-4-1106-preview": "openai/gpt-4-1106-preview",
+    "gpt-3.5-turbo-1106": "openai/gpt-3.5-turbo-1106",
+    "claude-v1": "anthropic/claude-1",
+    "claude-v2": "anthropic/claude-2",
+    "claude-instant-v1": "anthropic/claude-instant-1",
+    "mistralai/mixtral-8x7b-chat": "mistralai/mixtral-8x7b-instruct",
+    "mistralai/mistral-7b-chat": "mistralai/mistral-7b-instruct-v0.1",
+    "meta/llama-2-70b-chat": "meta-llama/llama-2-70b-chat",
+    "meta/code-llama-instruct-34b-chat": "meta-llama/codellama-34b-instruct",
+    "zero-one-ai/Yi-34B-Chat": "01-ai/yi-34b-chat",
+    "WizardLM/WizardLM-13B-V1.2": "wizardlm/wizardlm-13b-v1.2",
+    # RouteLLM benchmarks
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": "mistralai/mixtral-8x7b-instruct",
+    # LLMRouter (NVIDIA NIM names, and the NIM ids of its NQ file)
+    "qwen2.5-7b-instruct": "qwen/qwen-2.5-7b-instruct",
+    "qwen/qwen2.5-7b-instruct": "qwen/qwen-2.5-7b-instruct",
+    "llama-3.1-8b-instruct": "meta-llama/llama-3.1-8b-instruct",
+    "meta/llama-3.1-8b-instruct": "meta-llama/llama-3.1-8b-instruct",
+    "meta/llama-3.1-70b-instruct": "meta-llama/llama-3.1-70b-instruct",
+    "gemma-2-9b-it": "google/gemma-2-9b-it",
+    "google/gemma-2-27b-it": "google/gemma-2-27b-it",
+    "mistral-7b-instruct-v0.3": "mistralai/mistral-7b-instruct-v0.3",
+    "mistralai/mistral-7b-instruct-v0.3": "mistralai/mistral-7b-instruct-v0.3",
+    "mistralai/mixtral-8x22b-instruct-v0.1": "mistralai/mixtral-8x22b-instruct",
+    "codegemma-7b": "google/codegemma-7b",
+    "llama3-chatqa-1.5-8b": "nvidia/llama3-chatqa-1.5-8b",
+    "llama3-chatqa-1.5-70b": "nvidia/llama3-chatqa-1.5-70b",
+    "llama-3.1-nemotron-51b-instruct": "nvidia/llama-3.1-nemotron-51b-instruct",
+    "llama-3.3-nemotron-super-49b-v1": "nvidia/llama-3.3-nemotron-super-49b-v1",
+    # RouterArena
+    "claude-3-haiku-20240307": "anthropic/claude-3-haiku",
+    "gemini-2.0-flash-001": "google/gemini-2.0-flash-001",
+}
+
+
+class UnknownModelError(KeyError):
+    """A model id that is neither a catalog id nor a known alias."""
+
+    def __str__(self) -> str:
+        return f"unknown model id {self.args[0]!r}: not in the catalog or its alias table"
+
+
+def canonical_model_id(name: str) -> str:
+    """Map a dataset model name (or an OpenRouter id) to its OpenRouter id."""
+    return ALIASES.get(name, name)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One catalog entry. Prices in USD per token; ``None`` when unknown."""
+
+    id: str
+    name: str
+    prompt_usd_per_token: float | None
+    completion_usd_per_token: float | None
+    request_usd: float = 0.0
+    price_source: str = ""
+    price_seen_at: str | None = None
+    context_length: int | None = None
+    typical_output_tokens: int | None = None
+
+    @property
+    def priced(self) -> bool:
+        return self.prompt_usd_per_token is not None and self.completion_usd_per_token is not None
+
+    def cost_usd(self, input_tokens: float, output_tokens: float) -> float | None:
+        """Price one call; ``None`` when the model has no price."""
+        if not self.priced:
+            return None
+        assert self.prompt_usd_per_token is not None and self.completion_usd_per_token is not None
+        return (
+            input_tokens * self.prompt_usd_per_token
+            + output_tokens * self.completion_usd_per_token
+            + self.request_usd
+        )
+
+
+def _price(value: Any) -> float | None:
+    """OpenRouter prices are decimal strings; negative means dynamic (not a fixed price)."""
+    if value is None or value == "":
+        return None
+    price = float(value)
+    return None if price < 0 else price
+
+
+def parse_openrouter_models(payload: dict[str, Any], seen_at: str) -> dict[str, ModelInfo]:
+    """Parse an OpenRouter ``/api/v1/models`` response into catalog entries (variants skipped).
+
+    Variants such as ``:free`` or ``:beta`` are separate listings of the same model with other
+    terms; the catalog keeps the base listing only.
+    """
+    models: dict[str, ModelInfo] = {}
+    for item in payload.get("data", []):
+        model_id = item.get("id", "")
+        if not model_id or ":" in model_id or model_id.startswith("~"):
+            continue
+        pricing = item.get("pricing") or {}
+        models[model_id] = ModelInfo(
+            id=model_id,
+            name=item.get("name") or model_id,
+            prompt_usd_per_token=_price(pricing.get("prompt")),
+            completion_usd_per_token=_price(pricing.get("completion")),
+            request_usd=_price(pricing.get("request")) or 0.0,
+            price_source=f"openrouter /api/v1/models {seen_at}",
+            price_seen_at=seen_at,
+            context_length=item.get("context_length"),
+        )
+    return models
+
+
+class Catalog:
+    """Models by OpenRouter id, loaded from the JSON file that ``switchboard data build`` writes."""
+
+    def __init__(self, models: dict[str, ModelInfo]):
+        self.models = models
+
+    def __contains__(self, model_id: str) -> bool:
+        return canonical_model_id(model_id) in self.models
+
+    def get(self, model_id: str) -> ModelInfo:
+        key = canonical_model_id(model_id)
+        if key not in self.models:
+            raise UnknownModelError(model_id)
+        return self.models[key]
+
+    def ids(self) -> list[str]:
+        return sorted(self.models)
+
+    @classmethod
+    def load(cls, path: Path = DEFAULT_CATALOG_PATH) -> Catalog:
+        payload = json.loads(Path(path).read_text())
+        return cls({m["id"]: ModelInfo(**m) for m in payload["models"]})
+
+    def save(self, path: Path) -> None:
+        payload = {"models": [asdict(self.models[k]) for k in self.ids()]}
+        Path(path).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")

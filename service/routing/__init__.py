@@ -1,0 +1,1 @@
+"""Routers: the decision rule, the learned router and the heuristic baseline."""

@@ -1,0 +1,138 @@
+"""The routing decision: the cheapest candidate whose P(pass) reaches the threshold.
+
+When no candidate reaches it, the one most likely to pass (the cheaper on a tie). Candidates are
+the allowed models with a known expected cost at or under the optional cost cap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.catalog import Catalog
+from service.tokens import estimate_tokens
+
+CLEARS_THRESHOLD = "cheapest_clearing_threshold"
+MOST_LIKELY = "most_likely_to_pass"
+
+
+class NoCandidateError(ValueError):
+    """No model is allowed, priced and under the cost cap for this request."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    model: str
+    p_pass: float
+    expected_cost_usd: float | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One routing decision with every candidate's probability and expected cost."""
+
+    model: str
+    rule: str
+    threshold: float
+    p_pass: float
+    expected_cost_usd: float
+    candidates: list[Candidate]
+    router: str
+
+
+def expected_costs(prompts: Sequence[str], models: Sequence[str], catalog: Catalog) -> np.ndarray:
+    """Expected USD cost of sending each prompt to each model; NaN for an unpriced model.
+
+    Input tokens are estimated from the prompt, output tokens are the model's typical answer
+    length from the catalog.
+    """
+    input_tokens = np.array([estimate_tokens(p) for p in prompts], dtype=float)[:, None]
+    prompt_price = np.full(len(models), np.nan)
+    completion_cost = np.full(len(models), np.nan)
+    for j, model in enumerate(models):
+        info = catalog.get(model)
+        if info.priced:
+            assert info.prompt_usd_per_token is not None
+            assert info.completion_usd_per_token is not None
+            prompt_price[j] = info.prompt_usd_per_token
+            completion_cost[j] = (
+                info.typical_output_tokens or 0
+            ) * info.completion_usd_per_token + info.request_usd
+    return input_tokens * prompt_price[None, :] + completion_cost[None, :]
+
+
+def choose(
+    p_pass: np.ndarray,
+    cost_usd: np.ndarray,
+    threshold: float,
+    eligible: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorized decision over (prompts x models) arrays.
+
+    Returns the chosen column per row (-1 where no model is eligible) and whether the choice
+    cleared the threshold. Models with NaN cost are never eligible.
+    """
+    ok = ~np.isnan(cost_usd)
+    if eligible is not None:
+        ok &= eligible
+    clearing = ok & (p_pass >= threshold)
+    big = np.finfo(float).max
+    # cheapest clearing model; among equal costs the more likely one
+    cost_key = np.where(clearing, np.nan_to_num(cost_usd, nan=big), big)
+    cheapest = _lexargmin(cost_key, -p_pass)
+    likely = _lexargmin(np.where(ok, -p_pass, big), np.nan_to_num(cost_usd, nan=big))
+    any_clearing = clearing.any(axis=1)
+    chosen = np.where(any_clearing, cheapest, likely)
+    chosen = np.where(ok.any(axis=1), chosen, -1)
+    return chosen, any_clearing
+
+
+def _lexargmin(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
+    """Row-wise argmin of ``primary``, ties broken by the smaller ``secondary``."""
+    best = primary.min(axis=1, keepdims=True)
+    tied = primary == best
+    return np.where(tied, secondary, np.inf).argmin(axis=1)
+
+
+def decide(
+    models: Sequence[str],
+    p_pass: np.ndarray,
+    cost_usd: np.ndarray,
+    threshold: float,
+    router: str,
+    allowed_models: Sequence[str] | None = None,
+    max_cost_usd: float | None = None,
+) -> Decision:
+    """The decision for one prompt from its per-model P(pass) and expected cost."""
+    eligible = np.ones(len(models), dtype=bool)
+    if allowed_models is not None:
+        allowed = set(allowed_models)
+        eligible &= np.array([m in allowed for m in models])
+    if max_cost_usd is not None:
+        eligible &= np.nan_to_num(cost_usd, nan=np.inf) <= max_cost_usd
+    chosen, cleared = choose(p_pass[None, :], cost_usd[None, :], threshold, eligible[None, :])
+    index = int(chosen[0])
+    if index < 0:
+        raise NoCandidateError(
+            "no candidate model is allowed, priced and within max_cost_usd for this request"
+        )
+    candidates = [
+        Candidate(
+            model=m,
+            p_pass=float(p_pass[j]),
+            expected_cost_usd=None if np.isnan(cost_usd[j]) else float(cost_usd[j]),
+        )
+        for j, m in enumerate(models)
+    ]
+    candidates.sort(key=lambda c: (c.expected_cost_usd is None, c.expected_cost_usd or 0.0))
+    return Decision(
+        model=models[index],
+        rule=CLEARS_THRESHOLD if cleared[0] else MOST_LIKELY,
+        threshold=threshold,
+        p_pass=float(p_pass[index]),
+        expected_cost_usd=float(cost_usd[index]),
+        candidates=candidates,
+        router=router,
+    )

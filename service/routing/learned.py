@@ -1,0 +1,176 @@
+"""The learned router: calibrated P(answer clears the quality bar | prompt) for each model.
+
+Two scorer shapes share one interface (``fit(X, prompt_index, model_index, passed)`` and
+``predict_proba(X, model_columns)``): one calibrated classifier per model, or one calibrated
+classifier over prompt features joined with a one-hot of the model. The router artifact is a
+directory with ``router.joblib`` and ``router.json`` (metadata, model card data); loading it
+needs scikit-learn and the embedder, not MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+from sklearn.base import BaseEstimator, clone
+from sklearn.calibration import CalibratedClassifierCV
+
+from service.features import Embedder, Featurizer, MiniLMEmbedder
+
+ARTIFACT = "router.joblib"
+METADATA = "router.json"
+EMBEDDERS: dict[str, type] = {MiniLMEmbedder.name: MiniLMEmbedder}
+
+
+class ConstantScorer:
+    """P(pass) of a model whose training labels are all one class: the observed pass rate."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return np.tile([1.0 - self.rate, self.rate], (len(X), 1))
+
+
+def _calibrated(estimator: Any, method: str, cv: int, X: np.ndarray, y: np.ndarray) -> Any:
+    if len(np.unique(y)) < 2 or min(np.bincount(y.astype(int))) < cv:
+        return ConstantScorer(float(y.mean()))
+    return CalibratedClassifierCV(clone(estimator), method=method, cv=cv).fit(X, y)
+
+
+class PerModelScorer(BaseEstimator):
+    """One classifier per model, each calibrated by cross-validation on its own rows."""
+
+    def __init__(self, estimator: Any, method: str = "isotonic", cv: int = 5):
+        self.estimator = estimator
+        self.method = method
+        self.cv = cv
+
+    def fit(
+        self, X: np.ndarray, prompt_index: np.ndarray, model_index: np.ndarray, passed: np.ndarray
+    ) -> PerModelScorer:
+        n_models = int(model_index.max()) + 1
+        self.estimators_ = []
+        for m in range(n_models):
+            rows = model_index == m
+            self.estimators_.append(
+                _calibrated(
+                    self.estimator, self.method, self.cv, X[prompt_index[rows]], passed[rows]
+                )
+            )
+        return self
+
+    def predict_proba(self, X: np.ndarray, model_columns: Sequence[int]) -> np.ndarray:
+        return np.column_stack([self.estimators_[m].predict_proba(X)[:, 1] for m in model_columns])
+
+
+class JointScorer(BaseEstimator):
+    """One classifier over [prompt features, one-hot model]: models share what prompts reveal."""
+
+    def __init__(self, estimator: Any, method: str = "isotonic", cv: int = 5):
+        self.estimator = estimator
+        self.method = method
+        self.cv = cv
+
+    @staticmethod
+    def _join(X: np.ndarray, model_index: np.ndarray, n_models: int) -> np.ndarray:
+        onehot = np.zeros((len(model_index), n_models), dtype=X.dtype)
+        onehot[np.arange(len(model_index)), model_index] = 1.0
+        return np.hstack([X, onehot])
+
+    def fit(
+        self, X: np.ndarray, prompt_index: np.ndarray, model_index: np.ndarray, passed: np.ndarray
+    ) -> JointScorer:
+        self.n_models_ = int(model_index.max()) + 1
+        joined = self._join(X[prompt_index], model_index, self.n_models_)
+        self.estimator_ = _calibrated(self.estimator, self.method, self.cv, joined, passed)
+        return self
+
+    def predict_proba(self, X: np.ndarray, model_columns: Sequence[int]) -> np.ndarray:
+        columns = []
+        for m in model_columns:
+            joined = self._join(X, np.full(len(X), m), self.n_models_)
+            columns.append(self.estimator_.predict_proba(joined)[:, 1])
+        return np.column_stack(columns)
+
+
+class LearnedRouter:
+    """A fitted scorer plus the models it scores and the featurizer it was trained with."""
+
+    name = "learned"
+
+    def __init__(
+        self,
+        scorer: Any,
+        models: list[str],
+        embedder_name: str = MiniLMEmbedder.name,
+        bar: float = 0.5,
+        default_threshold: float = 0.5,
+        metadata: dict[str, Any] | None = None,
+    ):
+        self.scorer = scorer
+        self.models = models
+        self.embedder_name = embedder_name
+        self.bar = bar
+        self.default_threshold = default_threshold
+        self.metadata = metadata or {}
+        self._featurizer: Featurizer | None = None
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", "unversioned"))
+
+    def featurizer(self, embedder: Embedder | None = None) -> Featurizer:
+        if embedder is not None:
+            self._featurizer = Featurizer(embedder)
+        if self._featurizer is None:
+            self._featurizer = Featurizer(EMBEDDERS[self.embedder_name]())
+        return self._featurizer
+
+    def p_pass(
+        self,
+        prompts: Sequence[str],
+        models: Sequence[str],
+        cost_usd: np.ndarray | None = None,
+        features: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Calibrated P(pass) (prompts x models) for models this router knows."""
+        if features is None:
+            features = self.featurizer().transform(prompts)
+        index = {m: j for j, m in enumerate(self.models)}
+        unknown = [m for m in models if m not in index]
+        if unknown:
+            raise KeyError(f"the learned router has no scorer for {', '.join(unknown)}")
+        return np.asarray(self.scorer.predict_proba(features, [index[m] for m in models]))
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        joblib.dump({"scorer": self.scorer}, directory / ARTIFACT, compress=3)
+        meta = {
+            "models": self.models,
+            "embedder": self.embedder_name,
+            "bar": self.bar,
+            "default_threshold": self.default_threshold,
+            **self.metadata,
+        }
+        (directory / METADATA).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> LearnedRouter:
+        directory = Path(directory)
+        meta = json.loads((directory / METADATA).read_text())
+        scorer = joblib.load(directory / ARTIFACT)["scorer"]
+        models = meta.pop("models")
+        return cls(
+            scorer=scorer,
+            models=models,
+            embedder_name=meta.pop("embedder"),
+            bar=meta.pop("bar"),
+            default_threshold=meta.pop("default_threshold"),
+            metadata=meta,
+        )

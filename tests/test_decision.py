@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from service.routing.decision import (
+    CLEARS_THRESHOLD,
+    MOST_LIKELY,
+    NoCandidateError,
+    choose,
+    decide,
+    expected_costs,
+)
+
+MODELS = ["cheap", "mid", "frontier"]
+COST = np.array([0.001, 0.01, 0.1])
+
+
+def test_cheapest_model_that_clears_the_threshold_wins():
+    decision = decide(MODELS, np.array([0.4, 0.8, 0.95]), COST, threshold=0.7, router="t")
+    assert decision.model == "mid"
+    assert decision.rule == CLEARS_THRESHOLD
+    assert [c.model for c in decision.candidates] == MODELS
+
+
+def test_most_likely_model_wins_when_none_clears():
+    decision = decide(MODELS, np.array([0.4, 0.6, 0.5]), COST, threshold=0.9, router="t")
+    assert decision.model == "mid"
+    assert decision.rule == MOST_LIKELY
+
+
+def test_tie_in_probability_goes_to_the_cheaper_model():
+    chosen, cleared = choose(np.array([[0.5, 0.5, 0.5]]), COST[None, :], threshold=0.9)
+    assert chosen.tolist() == [0]
+    assert not cleared[0]
+
+
+def test_allowed_models_and_cost_cap_restrict_candidates():
+    p = np.array([0.8, 0.9, 0.99])
+    assert decide(MODELS, p, COST, 0.5, "t", allowed_models=["frontier"]).model == "frontier"
+    assert decide(MODELS, p, COST, 0.95, "t", max_cost_usd=0.05).model == "mid"
+
+
+def test_no_candidate_is_a_clear_error():
+    with pytest.raises(NoCandidateError):
+        decide(MODELS, np.array([0.9, 0.9, 0.9]), COST, 0.5, "t", max_cost_usd=0.0001)
+
+
+def test_unpriced_model_is_never_chosen():
+    cost = np.array([np.nan, 0.01, 0.1])
+    assert decide(MODELS, np.array([0.99, 0.8, 0.9]), cost, 0.5, "t").model == "mid"
+
+
+def test_vectorized_choice_matches_row_by_row_decisions():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=(200, 3))
+    cost = rng.uniform(size=(200, 3))
+    chosen, _ = choose(p, cost, 0.6)
+    for i in range(200):
+        assert MODELS[chosen[i]] == decide(MODELS, p[i], cost[i], 0.6, "t").model
+
+
+def test_expected_cost_uses_prompt_length_and_typical_answer_length(catalog):
+    costs = expected_costs(["x" * 400], ["openai/gpt-4-1106-preview"], catalog)
+    typical = catalog.get("openai/gpt-4-1106-preview").typical_output_tokens
+    assert costs[0, 0] == pytest.approx(100 * 10e-6 + typical * 30e-6)

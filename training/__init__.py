@@ -1,0 +1,1 @@
+"""Everything that builds, evaluates and promotes routers."""
