@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
 app = typer.Typer(help="switchboard: a learned LLM router.", no_args_is_help=True)
 data_app = typer.Typer(help="The routing-outcomes dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit 2: bad input never ends in a traceback."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 @data_app.command("build")
@@ -23,8 +43,138 @@ def data_build() -> None:
     typer.echo(prompts.groupby(["source", "split"]).size().unstack(fill_value=0).to_string())
 
 
-def main() -> None:
-    app()
+@app.command()
+def train(
+    learners: Annotated[
+        str | None, typer.Option(help="Comma-separated learners to try (default: all).")
+    ] = None,
+    output: Annotated[Path, typer.Option(help="Where to write the router.")] = Path(
+        "models/router"
+    ),
+    sample: Annotated[
+        int | None, typer.Option(help="Use at most this many prompts per source and split.")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    mlflow: Annotated[bool, typer.Option(help="Log the run to MLflow.")] = True,
+) -> None:
+    """Train the learned router on the shipped data, choose its learner on validation, export it,
+    and log the run to MLflow."""
+    _setup_logging(verbose=True)
+    from training.pipeline import train_and_export
+
+    chosen = learners.split(",") if learners else None
+    try:
+        summary = train_and_export(output, chosen, sample=sample, seed=seed, log_mlflow=mlflow)
+    except ValueError as error:
+        fail(str(error))
+    typer.echo(json.dumps(summary, indent=1))
+
+
+@app.command("eval")
+def evaluate_command(
+    outcomes: Annotated[Path, typer.Option(help="Outcomes file: .jsonl, .csv or .parquet.")],
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated model ids to route among.")
+    ] = None,
+    bar: Annotated[float, typer.Option(help="passed = quality >= bar.")] = 0.5,
+    reference: Annotated[
+        str | None, typer.Option(help="Reference model (default: the best single model).")
+    ] = None,
+    router: Annotated[Path | None, typer.Option(help="Router directory.")] = None,
+    metric: Annotated[
+        str, typer.Option(help="'passed' (pass rate at the bar) or 'quality' (mean score).")
+    ] = "passed",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+    plot: Annotated[Path, typer.Option(help="Cost-quality plot (without --json).")] = Path(
+        "cost-quality.png"
+    ),
+) -> None:
+    """Evaluate the learned router against the baselines on an outcomes file."""
+    _setup_logging()
+    from training.pipeline import evaluate_file
+
+    if metric not in ("passed", "quality"):
+        fail("--metric must be 'passed' or 'quality'")
+    if not 0.0 <= bar <= 1.0:
+        fail("--bar must be in [0, 1]")
+    requested = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    try:
+        evaluation = evaluate_file(outcomes, router, requested, bar, reference, metric)
+    except (ValueError, KeyError) as error:
+        fail(str(error).strip('"'))
+    for note in evaluation.notes:
+        typer.echo(f"note: {note}", err=True)
+    if as_json:
+        typer.echo(json.dumps(evaluation.report, indent=1))
+        return
+    from training import plots
+    from training.report import evaluation_table
+
+    typer.echo(evaluation_table(evaluation.report))
+    title = f"{outcomes.name}: {len(evaluation.report['models'])} models"
+    plots.cost_quality(evaluation, plot, title, "pass rate" if metric == "passed" else "quality")
+    typer.echo(f"\ncost-quality plot: {plot}")
+
+
+@app.command()
+def route(
+    prompt: Annotated[str, typer.Argument(help="The prompt to route.")],
+    threshold: Annotated[
+        float | None, typer.Option(help="P(pass) threshold (default: the router's).")
+    ] = None,
+    allowed_models: Annotated[
+        str | None, typer.Option(help="Comma-separated models the router may choose.")
+    ] = None,
+    max_cost_usd: Annotated[
+        float | None, typer.Option(help="Only candidates expected to cost at most this.")
+    ] = None,
+    router: Annotated[Path | None, typer.Option(help="Router directory.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Route one prompt: the decision, with every candidate's P(pass) and expected cost."""
+    _setup_logging()
+    from training.pipeline import route_prompt
+
+    if not prompt.strip():
+        fail("the prompt is empty")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        fail("--threshold must be in [0, 1]")
+    allowed = [m.strip() for m in allowed_models.split(",")] if allowed_models else None
+    try:
+        decision = route_prompt(prompt, threshold, allowed, max_cost_usd, router)
+    except (ValueError, KeyError) as error:
+        fail(str(error).strip('"'))
+    if as_json:
+        typer.echo(json.dumps(decision, indent=1))
+        return
+    from training.report import decision_table
+
+    typer.echo(decision_table(decision))
+
+
+@app.command()
+def results(
+    output: Annotated[Path, typer.Option(help="Markdown file to write.")] = Path("docs/RESULTS.md"),
+) -> None:
+    """Evaluate the shipped router on every held-out set and write docs/RESULTS.md."""
+    _setup_logging(verbose=True)
+    from training.results import write_results
+
+    write_results(output)
+    typer.echo(f"wrote {output}")
+
+
+@app.command()
+def demo() -> None:
+    """Evaluate the shipped router on held-out data and route a few example prompts."""
+    _setup_logging()
+    from training.demo import run_demo
+
+    run_demo(typer.echo)
+
+
+def main() -> Any:
+    return app()
 
 
 if __name__ == "__main__":

@@ -41,3 +41,36 @@ def catalog() -> Catalog:
 @pytest.fixture
 def fake_embedder() -> FakeEmbedder:
     return FakeEmbedder()
+
+
+@pytest.fixture(scope="session")
+def fake_embedder_registered():
+    """Let routers trained with the fake embedder load it by name (as the real one is)."""
+    from service.routing.learned import EMBEDDERS
+
+    EMBEDDERS[FakeEmbedder.name] = FakeEmbedder
+    yield FakeEmbedder
+    EMBEDDERS.pop(FakeEmbedder.name, None)
+
+
+@pytest.fixture(scope="session")
+def small_router(tmp_path_factory, fake_embedder_registered):
+    """A router trained on a small sample of the shipped data with the fake embedder."""
+    from service.features import Featurizer
+    from training.pipeline import train_and_export
+
+    directory = tmp_path_factory.mktemp("router")
+    summary = train_and_export(
+        directory,
+        ["logistic-regression", "knn"],
+        sample=60,
+        log_mlflow=False,
+        featurizer=Featurizer(FakeEmbedder()),
+    )
+    return directory, summary
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWITCHBOARD_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -136,3 +137,24 @@ def decide(
         candidates=candidates,
         router=router,
     )
+
+
+def route(
+    router: Any,
+    catalog: Catalog,
+    prompt: str,
+    threshold: float | None = None,
+    allowed_models: Sequence[str] | None = None,
+    max_cost_usd: float | None = None,
+) -> Decision:
+    """Score every model the router knows for one prompt and decide."""
+    models = list(router.models)
+    cost_usd = expected_costs([prompt], models, catalog)[0]
+    p_pass = router.p_pass([prompt], models, cost_usd[None, :])[0]
+    chosen_threshold = router.default_threshold if threshold is None else threshold
+    if allowed_models is not None:
+        unknown = [m for m in allowed_models if m not in models]
+        if unknown:
+            raise NoCandidateError(f"allowed_models the router cannot score: {', '.join(unknown)}")
+    name = f"{router.name}@{getattr(router, 'version', '?')}"
+    return decide(models, p_pass, cost_usd, chosen_threshold, name, allowed_models, max_cost_usd)

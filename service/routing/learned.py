@@ -16,8 +16,9 @@ from typing import Any
 
 import joblib
 import numpy as np
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.neighbors import KNeighborsClassifier
 
 from service.features import Embedder, Featurizer, MiniLMEmbedder
 
@@ -40,6 +41,25 @@ def _calibrated(estimator: Any, method: str, cv: int, X: np.ndarray, y: np.ndarr
     if len(np.unique(y)) < 2 or min(np.bincount(y.astype(int))) < cv:
         return ConstantScorer(float(y.mean()))
     return CalibratedClassifierCV(clone(estimator), method=method, cv=cv).fit(X, y)
+
+
+class NearestNeighbours(ClassifierMixin, BaseEstimator):
+    """Cosine k-nearest-neighbours vote that caps k at the number of training prompts."""
+
+    def __init__(self, n_neighbors: int = 100):
+        self.n_neighbors = n_neighbors
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> NearestNeighbours:
+        k = max(1, min(self.n_neighbors, len(X)))
+        self.model_ = KNeighborsClassifier(k, metric="cosine", weights="distance").fit(X, y)
+        self.classes_ = self.model_.classes_
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.model_.predict_proba(X)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.model_.predict(X)
 
 
 class PerModelScorer(BaseEstimator):

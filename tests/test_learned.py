@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from service.routing.learned import ConstantScorer, JointScorer, LearnedRouter, PerModelScorer
+
+
+def synthetic(n_prompts=300, seed=0):
+    """Model 0 passes when feature 0 is positive, model 1 always passes, model 2 never does."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_prompts, 4)).astype(np.float32)
+    prompt_index = np.repeat(np.arange(n_prompts), 3)
+    model_index = np.tile(np.arange(3), n_prompts)
+    passed = np.where(model_index == 0, X[prompt_index, 0] > 0, model_index == 1).astype(int)
+    return X, prompt_index, model_index, passed
+
+
+@pytest.mark.parametrize("scorer_class", [PerModelScorer, JointScorer])
+def test_scorers_learn_which_prompts_each_model_passes(scorer_class):
+    X, prompt_index, model_index, passed = synthetic()
+    scorer = scorer_class(LogisticRegression(), method="sigmoid", cv=3)
+    scorer.fit(X, prompt_index, model_index, passed)
+    p = scorer.predict_proba(X, [0, 1, 2])
+    assert p.shape == (len(X), 3)
+    positive = X[:, 0] > 0
+    assert p[positive, 0].mean() > p[~positive, 0].mean() + 0.4
+    if scorer_class is PerModelScorer:
+        assert p[:, 1].min() == 1.0 and p[:, 2].max() == 0.0  # single-class models: constants
+
+
+def test_a_model_with_one_class_gets_its_observed_rate():
+    p = ConstantScorer(0.25).predict_proba(np.zeros((3, 2)))
+    np.testing.assert_allclose(p, [[0.75, 0.25]] * 3)
+
+
+def test_router_round_trips_through_its_directory(tmp_path):
+    X, prompt_index, model_index, passed = synthetic()
+    scorer = PerModelScorer(LogisticRegression(), method="sigmoid", cv=3)
+    scorer.fit(X, prompt_index, model_index, passed)
+    router = LearnedRouter(
+        scorer, ["a/x", "b/y", "c/z"], "fake-embedder", 0.5, 0.7, {"version": "v1"}
+    )
+    router.save(tmp_path / "r")
+    loaded = LearnedRouter.load(tmp_path / "r")
+    assert loaded.models == router.models and loaded.default_threshold == 0.7
+    assert loaded.version == "v1"
+    np.testing.assert_allclose(
+        loaded.p_pass([""] * 5, ["c/z", "a/x"], features=X[:5]),
+        router.p_pass([""] * 5, ["c/z", "a/x"], features=X[:5]),
+    )
+    with pytest.raises(KeyError, match="no scorer for d/w"):
+        loaded.p_pass([""], ["d/w"], features=X[:1])

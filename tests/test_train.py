@@ -1,0 +1,40 @@
+import json
+
+import numpy as np
+
+from service.routing.learned import LearnedRouter
+from training.evaluate import THRESHOLDS
+from training.train import evaluation_models, training_data
+
+
+def test_training_data_indexes_prompts_and_models(outcomes):
+    sample = outcomes[outcomes["source"] == "routerarena"]
+    data = training_data(sample, ["train"], ["routerarena"], bar=0.5)
+    assert data.models == ["anthropic/claude-3-haiku", "google/gemini-2.0-flash-001"]
+    assert len(data.prompt_index) == len(data.model_index) == len(data.passed)
+    assert data.prompt_index.max() == len(data.prompts) - 1
+    assert set(np.unique(data.passed)) == {0, 1}
+
+
+def test_each_source_routes_among_the_models_it_evaluated(outcomes):
+    assert len(evaluation_models(outcomes, "routerbench-subset")) == 11
+    assert len(evaluation_models(outcomes, "llmrouter")) == 9  # the NQ-only models are left out
+    assert len(evaluation_models(outcomes, "routerarena")) == 2
+
+
+def test_training_chooses_on_validation_and_exports_a_complete_router(small_router):
+    directory, summary = small_router
+    assert summary["learner"] in summary["validation_mean_aiq"]
+    best = max(summary["validation_mean_aiq"], key=summary["validation_mean_aiq"].get)
+    assert summary["learner"] == best
+    assert summary["default_threshold"] in THRESHOLDS
+    router = LearnedRouter.load(directory)
+    meta = json.loads((directory / "router.json").read_text())
+    assert meta["learner"] == summary["learner"]
+    assert meta["data_sha256"] and meta["code_version"]
+    assert set(meta["test"]["sources"]) == {"routerbench-subset", "llmrouter", "routerarena"}
+    card = (directory / "MODEL_CARD.md").read_text()
+    assert summary["learner"] in card and "Test split" in card
+    assert (directory / "test-calibration.png").stat().st_size > 0
+    p = router.p_pass(["What is 2+2?"], router.models)
+    assert p.shape == (1, len(router.models)) and ((p >= 0) & (p <= 1)).all()

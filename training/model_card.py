@@ -1,0 +1,100 @@
+"""The model card of a trained router: data, code version, choice of learner and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from service.routing.learned import LearnedRouter
+from training.sources import LICENSES
+
+
+def _ratio(value: float | None) -> str:
+    return "never" if value is None else f"{value:.3f}x"
+
+
+def _results_table(summary: dict[str, Any]) -> list[str]:
+    lines = [
+        "| source | prompts | models | router | AIQ | cost at 95 % | cost at 100 % |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for source, result in summary["sources"].items():
+        for name in ("learned", "heuristic", "zero", "oracle"):
+            entry = result[name]
+            lines.append(
+                f"| {source} | {result['n_prompts']} | {result['models']} | {name} | "
+                f"{entry['aiq']:.4f} | {_ratio(entry['cost_ratio_at_95'])} | "
+                f"{_ratio(entry['cost_ratio_at_100'])} |"
+            )
+    return lines
+
+
+def render(router: LearnedRouter) -> str:
+    """Markdown for MODEL_CARD.md from the router's metadata."""
+    meta = router.metadata
+    validation = meta.get("validation", {})
+    test = meta.get("test", {})
+    lines = [
+        "# switchboard learned router: model card",
+        "",
+        "Written by `switchboard train`; every number below comes from that run.",
+        "",
+        "## What it predicts",
+        "",
+        f"For each of {len(router.models)} models, the probability that its answer to a prompt "
+        f"clears the quality bar ({router.bar}: a benchmark score of at least {router.bar}). The "
+        "router sends a prompt to the cheapest model whose probability reaches the threshold "
+        f"(default {router.default_threshold}, chosen on validation as the cheapest threshold "
+        "keeping 95 % of the best single model's quality), else to the model most likely to pass.",
+        "",
+        f"- version: `{router.version}`, trained {meta.get('trained_at', '?')}",
+        f"- code: `{meta.get('code_version', '?')}`",
+        f"- learner: `{meta.get('learner', '?')}` (chosen on validation among "
+        f"{', '.join(f'`{n}`' for n in validation)})",
+        f"- features: `{router.embedder_name}` sentence embedding of the prompt (head and tail "
+        "when long) plus cheap text features (service/features.py)",
+        "",
+        "## Data",
+        "",
+        f"- outcomes table sha256 `{meta.get('data_sha256', '?')}`",
+        f"- trained on {meta.get('training_prompts', '?')} prompts / "
+        f"{meta.get('training_rows', '?')} (prompt, model) outcomes: the train and val splits of",
+    ]
+    lines += [f"  - {s}: {LICENSES.get(s, 'unknown license')}" for s in meta.get("sources", [])]
+    lines += [
+        "- evaluation-only benchmarks (RouteLLM's MMLU, GSM8K, MT-Bench) are never trained on.",
+        "",
+        "## Models",
+        "",
+        ", ".join(f"`{m}`" for m in router.models),
+        "",
+        "## Choice of learner (validation split)",
+        "",
+        "| learner | mean AIQ | heuristic mean AIQ | log loss | ECE | fit seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in validation.items():
+        lines.append(
+            f"| {name} | {result['mean_aiq']:.4f} | {result['mean_heuristic_aiq']:.4f} | "
+            f"{result['log_loss']:.4f} | {result['ece']:.4f} | {result['fit_seconds']:.0f} |"
+        )
+    if test:
+        lines += [
+            "",
+            "## Test split (after the choice)",
+            "",
+            "Cost at 95 % / 100 %: the cheapest mean cost at which the router's hull reaches that "
+            "share of the best single model's pass rate, over that model's mean cost.",
+            "",
+            *_results_table(test),
+            "",
+            f"Expected calibration error of P(pass) on test: {test['ece']:.4f} "
+            f"(log loss {test['log_loss']:.4f}).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write(router: LearnedRouter, directory: Path) -> Path:
+    path = Path(directory) / "MODEL_CARD.md"
+    path.write_text(render(router))
+    return path

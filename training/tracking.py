@@ -1,0 +1,125 @@
+"""MLflow tracking of training runs and the model registry (MLflow lives only in training/).
+
+The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else a local SQLite store ``mlflow.db`` at
+the repository root (``mlflow ui`` started there shows it). Every run logs parameters, dataset
+hashes, the git commit, metrics, plots and the model card, and registers the router as
+``switchboard-router``; the alias ``champion`` moves to it only when it beats the heuristic on
+validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
+
+from service.catalog import REPO_ROOT
+from service.routing.learned import LearnedRouter
+
+REGISTERED_MODEL = "switchboard-router"
+EXPERIMENT = "switchboard-router"
+CHAMPION = "champion"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class RouterModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
+    """The router as an MLflow pyfunc model: prompts in, P(pass) per model out."""
+
+    def load_context(self, context: Any) -> None:
+        self.router = LearnedRouter.load(Path(context.artifacts["router"]))
+
+    def predict(self, context, model_input, params=None):
+        # no type hints: MLflow would read them as an input schema
+        if isinstance(model_input, pd.DataFrame):
+            prompts = model_input["prompt"].tolist()
+        else:
+            prompts = list(model_input)
+        p = self.router.p_pass(prompts, self.router.models)
+        return pd.DataFrame(p, columns=self.router.models)
+
+
+def _use_experiment() -> None:
+    """Point MLflow at the tracking store; artifacts of a local SQLite store live beside it."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None and uri.startswith("sqlite:///"):
+        artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
+    mlflow.set_experiment(EXPERIMENT)
+
+
+def _flatten(prefix: str, summary: dict[str, Any]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for key in ("mean_aiq", "mean_heuristic_aiq", "log_loss", "ece", "fit_seconds"):
+        if key in summary:
+            metrics[f"{prefix}{key}"] = float(summary[key])
+    for source, result in summary.get("sources", {}).items():
+        for router in ("learned", "heuristic", "zero", "oracle"):
+            for name, value in result[router].items():
+                if value is not None:
+                    metrics[f"{prefix}{source}.{router}.{name}"] = float(value)
+    return metrics
+
+
+def log_training(
+    router: LearnedRouter,
+    router_dir: Path,
+    artifacts: list[Path],
+    params: dict[str, Any],
+    outcomes_path: Path,
+    champion: bool,
+) -> dict[str, str]:
+    """Log one training run, register the router, and move ``champion`` when it earned it."""
+    _use_experiment()
+    meta = router.metadata
+    with mlflow.start_run(run_name=f"train-{router.version}") as run:
+        mlflow.log_params({**params, "default_threshold": router.default_threshold})
+        mlflow.set_tags(
+            {
+                "code_version": meta.get("code_version", "unknown"),
+                "outcomes_table_sha256": meta.get("data_sha256", ""),
+                "outcomes_file_sha256": file_sha256(outcomes_path),
+                "router_version": router.version,
+                "learner": meta.get("learner", ""),
+            }
+        )
+        for name, summary in meta.get("validation", {}).items():
+            mlflow.log_metrics(_flatten(f"val.{name}.", summary))
+        mlflow.log_metrics(_flatten("test.", meta.get("test", {})))
+        mlflow.log_metric("beats_heuristic_on_validation", float(champion))
+        for path in artifacts:
+            mlflow.log_artifact(str(path))
+        info = mlflow.pyfunc.log_model(
+            name="router",
+            python_model=RouterModel(),
+            artifacts={"router": str(router_dir)},
+            pip_requirements=[],
+            registered_model_name=REGISTERED_MODEL,
+        )
+        version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    if champion:
+        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+    return {"run_id": run.info.run_id, "model_version": version, "tracking_uri": tracking_uri()}
+
+
+def champion_version() -> str | None:
+    """The registered version the ``champion`` alias points at, if any."""
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        client = mlflow.MlflowClient()
+        return str(client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION).version)
+    except mlflow.exceptions.MlflowException:
+        return None

@@ -1,0 +1,250 @@
+"""Train the learned router: fit every candidate learner on ``train``, choose on ``val``, refit.
+
+The choice is the candidate with the highest mean AIQ over the validation sets (one per source,
+each routed among the models that source evaluated). The chosen learner is refit on train + val,
+and its default threshold is the cheapest one that keeps 95 % of the best single model's quality
+on validation. Test results are computed after the choice, for the model card only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from service.catalog import Catalog
+from service.features import Featurizer
+from service.routing.learned import LearnedRouter
+from training import datasets, metrics
+from training.evaluate import THRESHOLDS, Evaluation, evaluate, routing_table
+from training.learners import LEARNERS
+from training.provenance import code_version
+
+log = logging.getLogger(__name__)
+
+SHIPPED_SOURCES = ["routerbench-subset", "llmrouter", "routerarena"]
+DEFAULT_BAR = 0.5
+TARGET_SHARE_OF_BEST = 0.95
+
+
+@dataclass
+class TrainingData:
+    """(prompt, model, passed) triples as indices into ``prompts`` and ``models``."""
+
+    models: list[str]
+    prompts: list[str]
+    prompt_index: np.ndarray
+    model_index: np.ndarray
+    passed: np.ndarray
+
+
+def training_data(
+    outcomes: pd.DataFrame, splits: Sequence[str], sources: Sequence[str], bar: float
+) -> TrainingData:
+    rows = outcomes[outcomes["split"].isin(splits) & outcomes["source"].isin(sources)]
+    if rows.empty:
+        raise ValueError(f"no outcomes in splits {list(splits)} of sources {list(sources)}")
+    models = sorted(rows["model"].unique())
+    prompt_ids = list(dict.fromkeys(rows["prompt_id"]))
+    position = {pid: i for i, pid in enumerate(prompt_ids)}
+    prompts = rows.drop_duplicates("prompt_id").set_index("prompt_id").loc[prompt_ids, "prompt"]
+    return TrainingData(
+        models=models,
+        prompts=list(prompts),
+        prompt_index=rows["prompt_id"].map(position).to_numpy(),
+        model_index=rows["model"].map({m: j for j, m in enumerate(models)}).to_numpy(),
+        passed=(rows["quality"] >= bar).to_numpy(int),
+    )
+
+
+def evaluation_models(outcomes: pd.DataFrame, source: str) -> list[str]:
+    """The models a source evaluated on at least half of its prompts: its routing set."""
+    rows = outcomes[outcomes["source"] == source]
+    share = rows.groupby("model")["prompt_id"].nunique() / rows["prompt_id"].nunique()
+    return sorted(share.index[share >= 0.5])
+
+
+@dataclass
+class SourceEvaluation:
+    """One source's evaluation set with its features cached for scoring many routers."""
+
+    source: str
+    models: list[str]
+    table: Any
+    features: np.ndarray
+
+
+def evaluation_sets(
+    outcomes: pd.DataFrame,
+    split: str,
+    sources: Sequence[str],
+    featurizer: Featurizer,
+    catalog: Catalog,
+) -> list[SourceEvaluation]:
+    sets = []
+    for source in sources:
+        rows = outcomes[(outcomes["split"] == split) & (outcomes["source"] == source)]
+        if rows.empty:
+            continue
+        models = evaluation_models(outcomes, source)
+        table = routing_table(rows, models, catalog)
+        sets.append(SourceEvaluation(source, models, table, featurizer.transform(table.prompts)))
+    return sets
+
+
+def default_threshold(evaluations: Sequence[Evaluation]) -> float:
+    """The cheapest threshold whose mean share of the best model's quality is >= 95 %."""
+    relative = []
+    for ev in evaluations:
+        reference = ev.report["routers"][f"model:{ev.report['reference_model']}"]
+        curve = ev.curves["learned"]
+        relative.append(
+            np.column_stack(
+                [curve[:, 0] / reference["cost_usd"], curve[:, 1] / reference["quality"]]
+            )
+        )
+    mean = np.mean(relative, axis=0)
+    ok = np.flatnonzero(mean[:, 1] >= TARGET_SHARE_OF_BEST)
+    index = ok[np.argmin(mean[ok, 0])] if len(ok) else int(np.argmax(mean[:, 1]))
+    return float(THRESHOLDS[index])
+
+
+def summary(evaluations: Sequence[Evaluation], sets: Sequence[SourceEvaluation], p_sets) -> dict:
+    """Per-source AIQ and savings of the learned and heuristic routers, plus calibration."""
+    out: dict[str, Any] = {"sources": {}}
+    probabilities, labels = [], []
+    for ev, data, p in zip(evaluations, sets, p_sets, strict=True):
+        routers = ev.report["routers"]
+        out["sources"][data.source] = {
+            "n_prompts": ev.report["n_prompts"],
+            "models": len(data.models),
+            "reference_model": ev.report["reference_model"],
+            **{
+                name: {
+                    "aiq": routers[name]["aiq"],
+                    "cost_ratio_at_95": routers[name]["cost_ratio_at_quality"]["0.95"],
+                    "cost_ratio_at_100": routers[name]["cost_ratio_at_quality"]["1.0"],
+                }
+                for name in ("learned", "heuristic", "zero", "oracle")
+            },
+        }
+        probabilities.append(p.ravel())
+        labels.append((data.table.quality >= ev.report["bar"]).astype(float).ravel())
+    p_all, y_all = np.concatenate(probabilities), np.concatenate(labels)
+    eps = 1e-6
+    clipped = np.clip(p_all, eps, 1 - eps)
+    out["mean_aiq"] = float(np.mean([s["learned"]["aiq"] for s in out["sources"].values()]))
+    out["mean_heuristic_aiq"] = float(
+        np.mean([s["heuristic"]["aiq"] for s in out["sources"].values()])
+    )
+    out["log_loss"] = float(-np.mean(y_all * np.log(clipped) + (1 - y_all) * np.log(1 - clipped)))
+    out["ece"] = metrics.expected_calibration_error(p_all, y_all)
+    return out
+
+
+def score_sets(
+    router: LearnedRouter, sets: Sequence[SourceEvaluation], bar: float
+) -> tuple[list[Evaluation], list[np.ndarray]]:
+    evaluations, probabilities = [], []
+    for data in sets:
+        p = router.p_pass(data.table.prompts, data.models, features=data.features)
+        evaluations.append(evaluate(data.table, router, p, bar=bar))
+        probabilities.append(p)
+    return evaluations, probabilities
+
+
+@dataclass
+class TrainResult:
+    router: LearnedRouter
+    chosen: str
+    candidates: dict[str, dict] = field(default_factory=dict)
+    test: dict = field(default_factory=dict)
+    val_evaluations: list[Evaluation] = field(default_factory=list)
+    test_evaluations: list[Evaluation] = field(default_factory=list)
+    test_probabilities: list[np.ndarray] = field(default_factory=list)
+    test_sets: list[SourceEvaluation] = field(default_factory=list)
+
+    @property
+    def beats_heuristic(self) -> bool:
+        val = self.candidates[self.chosen]
+        return bool(val["mean_aiq"] > val["mean_heuristic_aiq"])
+
+
+def _fit(learner: str, data: TrainingData, X: np.ndarray, seed: int, embedding_dim: int) -> Any:
+    scorer = LEARNERS[learner](embedding_dim, seed)
+    return scorer.fit(X, data.prompt_index, data.model_index, data.passed)
+
+
+def train(
+    outcomes: pd.DataFrame,
+    featurizer: Featurizer,
+    catalog: Catalog,
+    learners: Sequence[str] | None = None,
+    sources: Sequence[str] = SHIPPED_SOURCES,
+    bar: float = DEFAULT_BAR,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainResult:
+    """Fit, compare on validation, refit the winner on train + val, and evaluate it on test."""
+    learners = list(learners or LEARNERS)
+    unknown = [name for name in learners if name not in LEARNERS]
+    if unknown:
+        raise ValueError(f"unknown learner(s) {unknown}; choose from {sorted(LEARNERS)}")
+    embedding_dim = featurizer.embedder.dim
+    data = training_data(outcomes, ["train"], sources, bar)
+    log.info("embedding %d training prompts", len(data.prompts))
+    X = featurizer.transform(data.prompts, show_progress=progress)
+    val_sets = evaluation_sets(outcomes, "val", sources, featurizer, catalog)
+
+    candidates: dict[str, dict] = {}
+    val_evaluations: dict[str, list[Evaluation]] = {}
+    for learner in tqdm(learners, desc="learners", disable=not progress):
+        started = time.perf_counter()
+        scorer = _fit(learner, data, X, seed, embedding_dim)
+        router = LearnedRouter(scorer, data.models, featurizer.embedder.name, bar)
+        evaluations, probabilities = score_sets(router, val_sets, bar)
+        candidates[learner] = summary(evaluations, val_sets, probabilities)
+        candidates[learner]["fit_seconds"] = time.perf_counter() - started
+        val_evaluations[learner] = evaluations
+        log.info("%s: mean val AIQ %.4f", learner, candidates[learner]["mean_aiq"])
+    chosen = max(candidates, key=lambda name: candidates[name]["mean_aiq"])
+    threshold = default_threshold(val_evaluations[chosen])
+
+    full = training_data(outcomes, ["train", "val"], sources, bar)
+    X_full = featurizer.transform(full.prompts, show_progress=progress)
+    scorer = _fit(chosen, full, X_full, seed, embedding_dim)
+    metadata = {
+        "version": datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "learner": chosen,
+        "sources": list(sources),
+        "data_sha256": datasets.table_hash(outcomes),
+        "code_version": code_version(),
+        "training_prompts": len(full.prompts),
+        "training_rows": len(full.passed),
+        "seed": seed,
+    }
+    router = LearnedRouter(scorer, full.models, featurizer.embedder.name, bar, threshold, metadata)
+    test_sets = evaluation_sets(outcomes, "test", sources, featurizer, catalog)
+    test_evaluations, test_probabilities = score_sets(router, test_sets, bar)
+    result = TrainResult(
+        router=router,
+        chosen=chosen,
+        candidates=candidates,
+        test=summary(test_evaluations, test_sets, test_probabilities),
+        val_evaluations=val_evaluations[chosen],
+        test_evaluations=test_evaluations,
+        test_probabilities=test_probabilities,
+        test_sets=test_sets,
+    )
+    router.metadata["validation"] = candidates
+    router.metadata["test"] = result.test
+    router.metadata["beats_heuristic_on_validation"] = result.beats_heuristic
+    return result
