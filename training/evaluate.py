@@ -111,14 +111,23 @@ def _priced(rows: pd.DataFrame, catalog: Catalog, notes: list[str]) -> pd.Series
     return cost
 
 
-def sweep(table: RoutingTable, p_pass: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """(cost, quality) of the threshold rule at every threshold in THRESHOLDS."""
+def sweep_per_prompt(
+    table: RoutingTable, p_pass: np.ndarray, score: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cost and quality of every prompt's choice at every threshold: two (thresholds x n)."""
     rows = np.arange(len(table.prompts))
-    points = []
+    costs, qualities = [], []
     for threshold in THRESHOLDS:
         chosen, _ = choose(p_pass, table.expected_cost_usd, threshold)
-        points.append((table.cost_usd[rows, chosen].mean(), score[rows, chosen].mean()))
-    return np.asarray(points)
+        costs.append(table.cost_usd[rows, chosen])
+        qualities.append(score[rows, chosen])
+    return np.asarray(costs), np.asarray(qualities)
+
+
+def sweep(table: RoutingTable, p_pass: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """(cost, quality) of the threshold rule at every threshold in THRESHOLDS."""
+    costs, qualities = sweep_per_prompt(table, p_pass, score)
+    return np.column_stack([costs.mean(axis=1), qualities.mean(axis=1)])
 
 
 def oracle_points(table: RoutingTable, score: np.ndarray) -> np.ndarray:

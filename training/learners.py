@@ -11,12 +11,11 @@ from typing import Any
 
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from service.routing.learned import JointScorer, NearestNeighbours, PerModelScorer
+from service.routing.learned import JointScorer, LinearScorer, NearestNeighbours, PerModelScorer
 
 CALIBRATION = "isotonic"
 CALIBRATION_FOLDS = 3
@@ -28,11 +27,7 @@ def _embedding_only(dim: int) -> ColumnTransformer:
 
 
 def logistic_regression(embedding_dim: int, seed: int) -> Any:
-    return PerModelScorer(
-        make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=3000)),
-        method=CALIBRATION,
-        cv=CALIBRATION_FOLDS,
-    )
+    return LinearScorer(C=0.05, cv=CALIBRATION_FOLDS, seed=seed)
 
 
 def nearest_neighbours(embedding_dim: int, seed: int) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -11,10 +10,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from service.catalog import REPO_ROOT, Catalog
-from service.features import EmbeddingCache, Featurizer, MiniLMEmbedder
+from service.catalog import Catalog
+from service.config import REPO_ROOT, cache_dir
+from service.features import EmbeddingCache, Featurizer
 from service.routing.decision import route
-from service.routing.learned import EMBEDDERS, LearnedRouter
+from service.routing.learned import DEFAULT_EMBEDDER, EMBEDDERS, LearnedRouter
 from training import datasets, model_card, plots
 from training.evaluate import Evaluation, evaluate, routing_table, shared_models
 from training.outcomes import read_outcomes
@@ -23,13 +23,12 @@ from training.train import SHIPPED_SOURCES, train
 DEFAULT_ROUTER_DIR = REPO_ROOT / "models" / "router"
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SWITCHBOARD_CACHE_DIR") or REPO_ROOT / ".cache")
-
-
 def cached_featurizer(embedder_name: str) -> Featurizer:
-    """The router's featurizer with the on-disk embedding cache (for batch work, not serving)."""
-    return Featurizer(EMBEDDERS[embedder_name](), EmbeddingCache(cache_dir() / "embeddings"))
+    """The router's featurizer, with the on-disk embedding cache when the embedder is slow."""
+    embedder = EMBEDDERS[embedder_name]()
+    if getattr(embedder, "worth_caching", False):
+        return Featurizer(embedder, EmbeddingCache(cache_dir() / "embeddings"))
+    return Featurizer(embedder)
 
 
 def sample_outcomes(outcomes: pd.DataFrame, per_group: int) -> pd.DataFrame:
@@ -47,13 +46,16 @@ def train_and_export(
     log_mlflow: bool = True,
     outcomes_path: Path = datasets.OUTCOMES_PATH,
     featurizer: Featurizer | None = None,
+    embedder: str = DEFAULT_EMBEDDER,
 ) -> dict[str, Any]:
     """Train on the shipped outcomes, write the router with its card and plots, log to MLflow."""
+    if embedder not in EMBEDDERS:
+        raise ValueError(f"unknown embedder {embedder!r}; choose from {sorted(EMBEDDERS)}")
     outcomes = datasets.load(outcomes_path)
     if sample:
         outcomes = sample_outcomes(outcomes, sample)
     catalog = Catalog.load()
-    featurizer = featurizer or cached_featurizer(MiniLMEmbedder.name)
+    featurizer = featurizer or cached_featurizer(embedder)
     result = train(outcomes, featurizer, catalog, learners, SHIPPED_SOURCES, seed=seed)
     output = Path(output)
     result.router.save(output)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from service.catalog import REPO_ROOT
+from service.config import REPO_ROOT
 
 
 def code_version() -> str:

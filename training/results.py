@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from service.catalog import REPO_ROOT, Catalog
+from service.catalog import Catalog
+from service.config import REPO_ROOT
 from service.routing.learned import LearnedRouter
 from training import datasets, metrics, plots
 from training.evaluate import Evaluation, evaluate, routing_table

@@ -18,7 +18,7 @@ import mlflow
 import mlflow.pyfunc
 import pandas as pd
 
-from service.catalog import REPO_ROOT
+from service.config import REPO_ROOT
 from service.routing.learned import LearnedRouter
 
 REGISTERED_MODEL = "switchboard-router"

@@ -1,9 +1,12 @@
 """Train the learned router: fit every candidate learner on ``train``, choose on ``val``, refit.
 
-The choice is the candidate with the highest mean AIQ over the validation sets (one per source,
-each routed among the models that source evaluated). The chosen learner is refit on train + val,
-and its default threshold is the cheapest one that keeps 95 % of the best single model's quality
-on validation. Test results are computed after the choice, for the model card only.
+Each candidate is scored by its mean AIQ over the validation sets (one per source, each routed
+among the models that source evaluated). The choice follows the one-standard-error rule: the
+simplest candidate (LEARNERS is ordered from simplest and cheapest to serve) whose mean AIQ is
+within one bootstrap standard error of the best one's (paired bootstrap over validation
+prompts). The chosen learner is refit on train + val, and its default threshold is the cheapest
+one that keeps 95 % of the best single model's quality on validation. Test results are computed
+after the choice, for the model card only.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from service.catalog import Catalog
 from service.features import Featurizer
 from service.routing.learned import LearnedRouter
 from training import datasets, metrics
-from training.evaluate import THRESHOLDS, Evaluation, evaluate, routing_table
+from training.evaluate import (
+    THRESHOLDS,
+    Evaluation,
+    evaluate,
+    routing_table,
+    sweep_per_prompt,
+)
 from training.learners import LEARNERS
 from training.provenance import code_version
 
@@ -32,6 +41,7 @@ log = logging.getLogger(__name__)
 SHIPPED_SOURCES = ["routerbench-subset", "llmrouter", "routerarena"]
 DEFAULT_BAR = 0.5
 TARGET_SHARE_OF_BEST = 0.95
+BOOTSTRAP_REPLICATES = 200
 
 
 @dataclass
@@ -160,6 +170,55 @@ def score_sets(
     return evaluations, probabilities
 
 
+def _cost_ranges(evaluations: dict[str, list[Evaluation]]) -> list[tuple[float, float]]:
+    """Per source, the cost range of every curve of every candidate: one AIQ scale for all."""
+    ranges = []
+    for per_source in zip(*evaluations.values(), strict=True):
+        costs = np.concatenate([c[:, 0] for ev in per_source for c in ev.curves.values()])
+        ranges.append((float(costs.min()), float(costs.max())))
+    return ranges
+
+
+def bootstrap_mean_aiq(
+    per_prompt: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+    ranges: Sequence[tuple[float, float]],
+    replicates: int = BOOTSTRAP_REPLICATES,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Mean AIQ over sources for each learner: on all validation prompts (element 0), then on
+    ``replicates`` resamples of them, the same resample for every learner (paired)."""
+    rng = np.random.default_rng(seed)
+    sizes = [costs.shape[1] for costs, _ in next(iter(per_prompt.values()))]
+    out = {name: np.zeros(replicates + 1) for name in per_prompt}
+    for b in range(replicates + 1):
+        samples = [np.arange(n) if b == 0 else rng.integers(0, n, n) for n in sizes]
+        for name, sources in per_prompt.items():
+            values = []
+            for (costs, qualities), idx, (low, high) in zip(sources, samples, ranges, strict=True):
+                hull = metrics.non_decreasing_convex_hull(
+                    costs[:, idx].mean(axis=1), qualities[:, idx].mean(axis=1)
+                )
+                values.append(metrics.aiq(hull, low, high))
+            out[name][b] = np.mean(values)
+    return out
+
+
+def one_standard_error_choice(
+    candidates: dict[str, dict], replicates: dict[str, np.ndarray]
+) -> str:
+    """The first (simplest) learner whose mean AIQ is within one SE of the best's."""
+    best = max(candidates, key=lambda name: replicates[name][0])
+    for name in candidates:  # in LEARNERS order: simplest first
+        gap = float(replicates[best][0] - replicates[name][0])
+        diffs = replicates[best][1:] - replicates[name][1:]
+        candidates[name]["aiq_gap_to_best"] = gap
+        candidates[name]["aiq_gap_standard_error"] = float(np.std(diffs, ddof=1))
+    for name in candidates:
+        if candidates[name]["aiq_gap_to_best"] <= candidates[name]["aiq_gap_standard_error"]:
+            return name
+    return best
+
+
 @dataclass
 class TrainResult:
     router: LearnedRouter
@@ -205,6 +264,7 @@ def train(
 
     candidates: dict[str, dict] = {}
     val_evaluations: dict[str, list[Evaluation]] = {}
+    per_prompt: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for learner in tqdm(learners, desc="learners", disable=not progress):
         started = time.perf_counter()
         scorer = _fit(learner, data, X, seed, embedding_dim)
@@ -213,8 +273,15 @@ def train(
         candidates[learner] = summary(evaluations, val_sets, probabilities)
         candidates[learner]["fit_seconds"] = time.perf_counter() - started
         val_evaluations[learner] = evaluations
+        per_prompt[learner] = [
+            sweep_per_prompt(d.table, p, d.table.score(bar, "passed"))
+            for d, p in zip(val_sets, probabilities, strict=True)
+        ]
         log.info("%s: mean val AIQ %.4f", learner, candidates[learner]["mean_aiq"])
-    chosen = max(candidates, key=lambda name: candidates[name]["mean_aiq"])
+    ranges = _cost_ranges(val_evaluations)
+    chosen = one_standard_error_choice(
+        candidates, bootstrap_mean_aiq(per_prompt, ranges, seed=seed)
+    )
     threshold = default_threshold(val_evaluations[chosen])
 
     full = training_data(outcomes, ["train", "val"], sources, bar)

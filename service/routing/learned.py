@@ -18,13 +18,22 @@ import joblib
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from service.features import Embedder, Featurizer, MiniLMEmbedder
+from service.features import Embedder, Featurizer, MiniLMEmbedder, StaticMiniLMEmbedder
 
 ARTIFACT = "router.joblib"
 METADATA = "router.json"
-EMBEDDERS: dict[str, type] = {MiniLMEmbedder.name: MiniLMEmbedder}
+DEFAULT_EMBEDDER = StaticMiniLMEmbedder.name
+EMBEDDERS: dict[str, type] = {
+    MiniLMEmbedder.name: MiniLMEmbedder,
+    StaticMiniLMEmbedder.name: StaticMiniLMEmbedder,
+}
 
 
 class ConstantScorer:
@@ -88,6 +97,58 @@ class PerModelScorer(BaseEstimator):
         return np.column_stack([self.estimators_[m].predict_proba(X)[:, 1] for m in model_columns])
 
 
+class LinearScorer(BaseEstimator):
+    """Per-model logistic regression with isotonic calibration, scored as one matrix product.
+
+    For each model: standardized features, an L2 logistic regression fit on all its rows, and an
+    isotonic map from that regression's out-of-fold probabilities to observed pass rates (the
+    ``ensemble=False`` form of cross-validated calibration). Scoring every model for a prompt is
+    one product with a (models x features) matrix plus one interpolation per model.
+    """
+
+    def __init__(self, C: float = 0.05, cv: int = 3, seed: int = 0):
+        self.C = C
+        self.cv = cv
+        self.seed = seed
+
+    def fit(
+        self, X: np.ndarray, prompt_index: np.ndarray, model_index: np.ndarray, passed: np.ndarray
+    ) -> LinearScorer:
+        n_models = int(model_index.max()) + 1
+        self.weights_ = np.zeros((n_models, X.shape[1]))
+        self.intercepts_ = np.zeros(n_models)
+        self.calibration_: list[tuple[np.ndarray, np.ndarray]] = []
+        for m in range(n_models):
+            rows = model_index == m
+            x, y = X[prompt_index[rows]], passed[rows]
+            if len(np.unique(y)) < 2 or min(np.bincount(y.astype(int))) < self.cv:
+                rate = float(y.mean())
+                self.calibration_.append((np.array([0.0, 1.0]), np.array([rate, rate])))
+                continue
+            pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=3000))
+            folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.seed)
+            out_of_fold = cross_val_predict(pipeline, x, y, cv=folds, method="predict_proba")
+            isotonic = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+            isotonic.fit(out_of_fold[:, 1], y)
+            self.calibration_.append((isotonic.X_thresholds_, isotonic.y_thresholds_))
+            pipeline.fit(x, y)
+            scaler, regression = pipeline[0], pipeline[1]
+            coef = regression.coef_[0] / scaler.scale_
+            self.weights_[m] = coef
+            self.intercepts_[m] = regression.intercept_[0] - coef @ scaler.mean_
+        return self
+
+    def predict_proba(self, X: np.ndarray, model_columns: Sequence[int]) -> np.ndarray:
+        columns = list(model_columns)
+        logits = X @ self.weights_[columns].T + self.intercepts_[columns]
+        raw = 1.0 / (1.0 + np.exp(-logits))
+        out = np.empty_like(raw)
+        for j, m in enumerate(columns):
+            x_points, y_points = self.calibration_[m]
+            out[:, j] = np.interp(raw[:, j], x_points, y_points)
+        return out
+
+
 class JointScorer(BaseEstimator):
     """One classifier over [prompt features, one-hot model]: models share what prompts reveal."""
 
@@ -127,7 +188,7 @@ class LearnedRouter:
         self,
         scorer: Any,
         models: list[str],
-        embedder_name: str = MiniLMEmbedder.name,
+        embedder_name: str = DEFAULT_EMBEDDER,
         bar: float = 0.5,
         default_threshold: float = 0.5,
         metadata: dict[str, Any] | None = None,

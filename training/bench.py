@@ -1,0 +1,193 @@
+"""``switchboard bench``: routing-decision latency by prompt length and embedder, and what each
+embedder costs in routing quality. Writes docs/BENCHMARKS.md.
+
+Latency is one routing decision end to end (featurize, score every model, decide) on one core:
+BLAS and torch limited to one thread, prompts routed one at a time. Quality is AIQ of a
+logistic-regression router trained on the same data with each embedder, on validation (where
+the default embedder is chosen) and on the routerbench-subset test split.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from service.catalog import Catalog
+from service.features import Featurizer, MiniLMEmbedder, StaticMiniLMEmbedder
+from service.routing.decision import route
+from service.routing.learned import EMBEDDERS, LearnedRouter
+from service.tokens import estimate_tokens
+from training import datasets
+from training.pipeline import cached_featurizer, load_router
+from training.train import SHIPPED_SOURCES, evaluation_sets, score_sets, summary, training_data
+
+LENGTHS_TOKENS = (12, 64, 256, 1000)
+REPEATS = 200
+WARMUP = 20
+
+
+def prompts_of_length(outcomes: pd.DataFrame, tokens: int, count: int = 50) -> list[str]:
+    """``count`` real test prompts cut or extended to about ``tokens`` tokens."""
+    texts = outcomes[outcomes["split"] == "test"].drop_duplicates("prompt_id")["prompt"].tolist()
+    rng = np.random.default_rng(tokens)
+    out = []
+    for index in rng.choice(len(texts), size=count, replace=False):
+        text = texts[index]
+        while estimate_tokens(text) < tokens:
+            text = text + "\n" + texts[rng.integers(len(texts))]
+        out.append(text[: int(tokens * 4)])
+    return out
+
+
+def time_calls(call: Callable[[str], Any], prompts: Sequence[str]) -> dict[str, float]:
+    """p50 / p99 / mean milliseconds of ``call`` over REPEATS prompts, after a warm-up."""
+    for prompt in prompts[:WARMUP]:
+        call(prompt)
+    samples = []
+    for i in range(REPEATS):
+        prompt = prompts[i % len(prompts)]
+        started = time.perf_counter()
+        call(prompt)
+        samples.append((time.perf_counter() - started) * 1000)
+    values = np.asarray(samples)
+    return {
+        "p50_ms": float(np.percentile(values, 50)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "mean_ms": float(values.mean()),
+    }
+
+
+def decision_latency(router: LearnedRouter, catalog: Catalog, outcomes: pd.DataFrame) -> list[dict]:
+    """Routing-decision latency of ``router`` with each embedder, by prompt length."""
+    rows = []
+    for name, embedder_class in (
+        (StaticMiniLMEmbedder.name, StaticMiniLMEmbedder),
+        (MiniLMEmbedder.name, MiniLMEmbedder),
+    ):
+        embedder = embedder_class()
+        router.featurizer(embedder)
+        embedder.encode(["warm up the model"])
+        for tokens in LENGTHS_TOKENS:
+            prompts = prompts_of_length(outcomes, tokens)
+            timing = time_calls(lambda p: route(router, catalog, p), prompts)
+            pieces = np.mean([len(p) / 4 for p in prompts])
+            rows.append({"embedder": name, "prompt_tokens": tokens, "measured": pieces, **timing})
+    return rows
+
+
+def routing_quality(outcomes: pd.DataFrame, catalog: Catalog) -> list[dict]:
+    """AIQ of a logistic-regression router trained with each embedder (validation and test)."""
+    from training.learners import logistic_regression
+
+    data = training_data(outcomes, ["train"], SHIPPED_SOURCES, 0.5)
+    rows = []
+    for name in (StaticMiniLMEmbedder.name, MiniLMEmbedder.name):
+        featurizer: Featurizer = cached_featurizer(name)
+        X = featurizer.transform(data.prompts, show_progress=True)
+        scorer = logistic_regression(featurizer.embedder.dim, 0).fit(
+            X, data.prompt_index, data.model_index, data.passed
+        )
+        router = LearnedRouter(scorer, data.models, name)
+        for split in ("val", "test"):
+            sets = evaluation_sets(outcomes, split, SHIPPED_SOURCES, featurizer, catalog)
+            evaluations, probabilities = score_sets(router, sets, 0.5)
+            result = summary(evaluations, sets, probabilities)
+            rows.append(
+                {
+                    "embedder": name,
+                    "split": split,
+                    "mean_aiq": result["mean_aiq"],
+                    "routerbench_aiq": result["sources"]["routerbench-subset"]["learned"]["aiq"],
+                }
+            )
+    return rows
+
+
+def machine() -> str:
+    import sklearn
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"scikit-learn {sklearn.__version__}, numpy {np.__version__}"
+    )
+
+
+def routing_section(latency: list[dict], quality: list[dict], router: LearnedRouter) -> str:
+    lines = [
+        "## Routing decision",
+        "",
+        f"`switchboard bench` on {datetime.now(UTC).date().isoformat()}; machine: {machine()}.",
+        "",
+        f"One decision = featurize the prompt, score all {len(router.models)} models with the "
+        f"shipped router ({router.metadata.get('learner')}), and apply the threshold rule; one "
+        f"prompt at a time on one core (BLAS and torch limited to one thread), {REPEATS} calls "
+        f"per row after {WARMUP} warm-up calls, real test prompts cut or extended to the length.",
+        "",
+        "| embedder | prompt tokens | p50 ms | p99 ms | mean ms |",
+        "|---|---|---|---|---|",
+    ]
+    for row in latency:
+        lines.append(
+            f"| {row['embedder']} | {row['prompt_tokens']} | {row['p50_ms']:.2f} | "
+            f"{row['p99_ms']:.2f} | {row['mean_ms']:.2f} |"
+        )
+    static = {r["prompt_tokens"]: r for r in latency if r["embedder"] == StaticMiniLMEmbedder.name}
+    full = {r["prompt_tokens"]: r for r in latency if r["embedder"] == MiniLMEmbedder.name}
+    ratio = full[64]["p50_ms"] / static[64]["p50_ms"]
+    lines += [
+        "",
+        f"At 64 tokens the static embedder's decision is {ratio:.0f}x faster than the full "
+        "transformer's (p50, same run). Prompts are embedded from at most their first 256 and "
+        "last 768 characters, so long prompts cost little more than 256-token ones.",
+        "",
+        "### What the faster embedder costs in routing quality",
+        "",
+        "AIQ of a logistic-regression router (the same learner, data and calibration) trained "
+        "with each embedder; mean over the three validation/test sets, and the routerbench-subset "
+        "test split alone.",
+        "",
+        "| embedder | split | mean AIQ | routerbench-subset AIQ |",
+        "|---|---|---|---|",
+    ]
+    for row in quality:
+        lines.append(
+            f"| {row['embedder']} | {row['split']} | {row['mean_aiq']:.4f} | "
+            f"{row['routerbench_aiq']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_benchmarks(output: Path) -> None:
+    outcomes = datasets.load()
+    catalog = Catalog.load()
+    router = load_router(None)
+    if router.embedder_name not in EMBEDDERS:
+        raise ValueError(f"the shipped router uses an unknown embedder {router.embedder_name}")
+    quality = routing_quality(outcomes, catalog)
+    with threadpool_limits(1):
+        import torch
+
+        torch.set_num_threads(1)
+        latency = decision_latency(router, catalog, outcomes)
+    header = (
+        "# Benchmarks\n\nGenerated by `make bench` (`switchboard bench`). Numbers are from one "
+        "run on a shared machine: compare rows of the same run, not runs of different days.\n\n"
+    )
+    Path(output).write_text(header + routing_section(latency, quality, router))
