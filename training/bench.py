@@ -155,13 +155,14 @@ def routing_section(latency: list[dict], quality: list[dict], router: LearnedRou
         "",
         f"At 64 tokens the static embedder's decision is {ratio:.0f}x faster than the full "
         "transformer's (p50, same run). Prompts are embedded from at most their first 256 and "
-        "last 768 characters, so long prompts cost little more than 256-token ones.",
+        "last 768 characters; the cheap text features read the whole prompt.",
         "",
         "### What the faster embedder costs in routing quality",
         "",
-        "AIQ of a logistic-regression router (the same learner, data and calibration) trained "
-        "with each embedder; mean over the three validation/test sets, and the routerbench-subset "
-        "test split alone.",
+        "AIQ of a logistic-regression router (the same learner, calibration and training split, "
+        "`train` only, so test figures differ slightly from the shipped router's, which also "
+        "learned from `val`) trained with each embedder; mean over the three sources' "
+        "validation or test sets, and the routerbench-subset set alone.",
         "",
         "| embedder | split | mean AIQ | routerbench-subset AIQ |",
         "|---|---|---|---|",
