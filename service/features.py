@@ -219,6 +219,10 @@ class StaticMiniLMEmbedder:
         table, tokenizer = self._load()
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         encodings = tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            encodings = tqdm(encodings, desc="embedding", unit="prompt")
         for i, encoding in enumerate(encodings):
             if encoding.ids:
                 summed = table[encoding.ids].sum(axis=0)

@@ -80,3 +80,32 @@ def test_default_operating_point_is_the_router_threshold():
     routers = evaluate(t, router(threshold=0.9), p).report["routers"]
     assert 0.9 in THRESHOLDS
     assert routers["learned"]["cost_usd"] == pytest.approx(0.1)  # only the frontier clears 0.9
+
+
+def test_an_unpriced_model_without_recorded_costs_is_left_out_with_a_warning(caplog):
+    import pandas as pd
+
+    from service.catalog import Catalog, ModelInfo
+    from training.evaluate import shared_models
+
+    catalog = Catalog(
+        {
+            "a/cheap": ModelInfo("a/cheap", "A", 1e-6, 1e-6),
+            "b/mid": ModelInfo("b/mid", "B", 2e-6, 2e-6),
+            "c/unpriced": ModelInfo("c/unpriced", "C", None, None),
+        }
+    )
+    rows = pd.DataFrame(
+        {
+            "prompt_id": ["p", "p", "p"],
+            "prompt": ["x"] * 3,
+            "model": ["a/cheap", "b/mid", "c/unpriced"],
+            "quality": [1.0, 1.0, 0.0],
+            "cost_usd": [None, None, None],
+        }
+    )
+    routed = LearnedRouter(scorer=None, models=["a/cheap", "b/mid", "c/unpriced"])
+    assert shared_models(rows, routed, catalog, None) == ["a/cheap", "b/mid"]
+    assert "c/unpriced has no price" in caplog.text and "column 'cost_usd'" in caplog.text
+    with pytest.raises(EvaluationError, match="at least two priced models"):
+        shared_models(rows, routed, catalog, ["a/cheap", "c/unpriced"])
