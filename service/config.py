@@ -1,9 +1,18 @@
-"""Settings read from the environment (the only module that reads it)."""
+"""Settings read from the environment (the only module that reads it).
+
+Every setting is ``SWITCHBOARD_<NAME>`` in the environment, except the provider keys, which use
+the names their providers document (``OPENROUTER_API_KEY``, ``OPENAI_API_KEY``,
+``ANTHROPIC_API_KEY``, ``GEMINI_API_KEY``).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -11,3 +20,86 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def cache_dir() -> Path:
     """Where derived, rebuildable files go (embedding caches, the static token table)."""
     return Path(os.environ.get("SWITCHBOARD_CACHE_DIR") or REPO_ROOT / ".cache")
+
+
+def _provider_key(name: str) -> AliasChoices:
+    """Provider keys are read under their providers' usual names, or with our prefix."""
+    return AliasChoices(name, f"SWITCHBOARD_{name}", name.lower())
+
+
+class Settings(BaseSettings):
+    """Service configuration; ``Settings()`` reads the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHBOARD_", extra="ignore", populate_by_name=True
+    )
+
+    database_url: str = f"sqlite:///{REPO_ROOT / 'switchboard.db'}"
+    upstream: Literal["openrouter", "replay"] | None = None  # None: openrouter with a key
+    openrouter_base_url: str = "https://openrouter.ai/api/v1"
+    openrouter_api_key: SecretStr | None = Field(
+        None, validation_alias=_provider_key("OPENROUTER_API_KEY")
+    )
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_provider_key("OPENAI_API_KEY"))
+    anthropic_api_key: SecretStr | None = Field(
+        None, validation_alias=_provider_key("ANTHROPIC_API_KEY")
+    )
+    gemini_api_key: SecretStr | None = Field(None, validation_alias=_provider_key("GEMINI_API_KEY"))
+    openai_base_url: str = "https://api.openai.com/v1"
+    anthropic_base_url: str = "https://api.anthropic.com"
+    gemini_base_url: str = "https://generativelanguage.googleapis.com"
+    app_url: str = "https://github.com/switchboard-router/switchboard"  # OpenRouter attribution
+    app_title: str = "switchboard"
+
+    admin_key: SecretStr | None = None
+    auth_disabled: bool = False  # local use only: refused unless bound to a loopback address
+    store_content: bool = False  # keep prompts and answers in the ledger
+
+    router_dir: Path = REPO_ROOT / "models" / "router"
+    catalog_path: Path = REPO_ROOT / "models" / "catalog.json"
+    replay_outcomes_path: Path = REPO_ROOT / "datasets" / "outcomes.parquet"
+    default_threshold: float | None = None  # None: the router's own default
+
+    max_body_bytes: int = 4 * 1024 * 1024
+    retries: int = 2  # per model, after the first attempt
+    backoff_base_s: float = 0.25
+    backoff_max_s: float = 4.0
+    max_retry_after_s: float = 10.0  # a longer Retry-After falls back instead of waiting
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    request_timeout_s: float = 120.0  # the whole request, retries and fallbacks included
+    max_concurrency_per_provider: int = 256
+    max_queue_per_provider: int = 1024
+    breaker_failures: int = 5  # consecutive failures that open a model's circuit
+    breaker_cooldown_s: float = 30.0
+    workers: int = 1
+
+    @model_validator(mode="after")
+    def _choose_upstream(self) -> Settings:
+        if self.upstream is None:
+            self.upstream = "openrouter" if self.openrouter_api_key else "replay"
+        return self
+
+    @property
+    def async_database_url(self) -> str:
+        """The database URL with an asyncio driver (aiosqlite, psycopg)."""
+        return to_async_url(self.database_url)
+
+
+def to_async_url(url: str) -> str:
+    if url.startswith("sqlite:///") or url == "sqlite://":
+        return "sqlite+aiosqlite" + url.removeprefix("sqlite")
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
+def to_sync_url(url: str) -> str:
+    """The same database through a synchronous driver (for migrations and the CLI)."""
+    if url.startswith("sqlite+aiosqlite"):
+        return "sqlite" + url.removeprefix("sqlite+aiosqlite")
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url

@@ -13,6 +13,11 @@ import typer
 app = typer.Typer(help="switchboard: a learned LLM router.", no_args_is_help=True)
 data_app = typer.Typer(help="The routing-outcomes dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+keys_app = typer.Typer(help="Tenants' API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+db_app = typer.Typer(help="The ledger database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def fail(message: str) -> None:
@@ -41,6 +46,98 @@ def data_build() -> None:
     prompts = outcomes.drop_duplicates("prompt_id")
     typer.echo(f"{len(outcomes):,} rows, {len(prompts):,} prompts, table sha256 {digest}")
     typer.echo(prompts.groupby(["source", "split"]).size().unstack(fill_value=0).to_string())
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+) -> None:
+    """Run the OpenAI-compatible service (settings from SWITCHBOARD_* environment variables)."""
+    import os
+    import tempfile
+
+    import uvicorn
+
+    from service.config import Settings
+
+    try:
+        settings = Settings()
+    except ValueError as error:
+        fail(f"bad settings: {error}")
+    if settings.auth_disabled and host not in LOOPBACK:
+        fail("SWITCHBOARD_AUTH_DISABLED is for local use only: bind to 127.0.0.1 or enable auth")
+    count = workers or settings.workers
+    if count > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="switchboard-metrics-")
+    typer.echo(
+        f"switchboard on http://{host}:{port} (upstream {settings.upstream}, {count} worker(s))",
+        err=True,
+    )
+    uvicorn.run(
+        "service.main:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=count,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
+
+
+@app.command("fake-upstream")
+def fake_upstream(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9000,
+    priced: Annotated[
+        bool, typer.Option(help="Accept only catalog-priced models and report usage.cost.")
+    ] = True,
+) -> None:
+    """Run the fake OpenRouter-compatible upstream (tests, benchmarks, trying the service)."""
+    from switchboard.fake_upstream import catalog_prices, serve
+
+    typer.echo(f"fake upstream on http://{host}:{port}/api/v1 (faults: /_control/faults)", err=True)
+    serve(host, port, catalog_prices() if priced else None, log_level="warning")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant name (created if new).")],
+) -> None:
+    """Create an API key for a tenant; the key alone is printed on the last line."""
+    import asyncio
+
+    from service.config import Settings
+    from service.ledger import Ledger
+    from service.migrate import upgrade
+
+    if not tenant.strip() or len(tenant) > 200:
+        fail("--tenant needs a name of 1 to 200 characters")
+    settings = Settings()
+    upgrade(settings.database_url)
+
+    async def create() -> str:
+        ledger = Ledger.connect(settings.async_database_url)
+        try:
+            return await ledger.create_key(tenant.strip())
+        finally:
+            await ledger.close()
+
+    key = asyncio.run(create())
+    typer.echo(f"created a key for tenant {tenant.strip()!r}; it is shown once:", err=True)
+    typer.echo(key)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the ledger migrations to SWITCHBOARD_DATABASE_URL (the service also does on start)."""
+    from service.config import Settings
+    from service.migrate import upgrade
+
+    settings = Settings()
+    upgrade(settings.database_url)
+    typer.echo("database is at the newest schema")
 
 
 @app.command()

@@ -1,76 +1,224 @@
-"""``make demo``: the shipped router on held-out data, then a few prompts routed live.
+"""``make demo``: the service on the replay upstream, with held-out recorded traffic sent through
+its HTTP API by the official ``openai`` client.
 
-Runs offline: the embedding model comes from an installed package and the data from datasets/.
+Runs offline: the replay upstream answers from the benchmarks' recorded responses, with their
+recorded token counts and costs; the quality of each answer is the benchmark's own grade of it.
+The same prompts go through four times: routed by the learned router at its default threshold and
+at a stricter one, routed by the heuristic baseline, and sent to the reference model (the best
+single model on these prompts).
 """
 
 from __future__ import annotations
 
+import secrets
+import tempfile
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
-from service.catalog import Catalog
-from service.routing.decision import route
+import httpx
+import pandas as pd
+
+from service.prompts import prompt_id
+from switchboard.service_process import ServiceProcess
 from training import datasets
-from training.pipeline import cached_featurizer, load_router
 from training.report import decision_table
-from training.train import SHIPPED_SOURCES, evaluation_sets, score_sets
+from training.train import DEFAULT_BAR
 
-EXAMPLES = [
-    "What is the capital of Australia?",
-    "Write a Python function that returns the n-th Fibonacci number using memoization.",
-    "A train leaves at 3:40 pm and travels 210 km at 84 km/h. When does it arrive? "
-    "Explain step by step.",
-    "Prove that the square root of 2 is irrational.",
-]
-
-
-def _ratio(value: float | None) -> str:
-    return "never" if value is None else f"{value:.2f}x"
+SOURCE = "routerbench-subset"
+PROMPTS = 300
+SEED = 0
+CONCURRENCY = 8
+STRICT_THRESHOLD = 0.85
+EXAMPLES = 2
 
 
-def run_demo(echo: Callable[[str], None]) -> None:
-    router = load_router(None)
-    catalog = Catalog.load()
-    echo(
-        f"switchboard demo: learned router {router.version} ({router.metadata.get('learner')}), "
-        f"{len(router.models)} models, default threshold {router.default_threshold}\n"
+@dataclass
+class Served:
+    model: str
+    cost_usd: float | None
+    request_id: str
+
+
+@dataclass
+class Arm:
+    label: str
+    model: str
+    extra_body: dict[str, object] | None = None
+
+
+def held_out_traffic(outcomes: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
+    """A fixed sample of the source's test prompts that every model answered (so the replay
+    upstream can serve any choice), and their graded outcomes per model."""
+    test = outcomes[(outcomes["source"] == SOURCE) & (outcomes["split"] == "test")]
+    answered = test[test["response"].fillna("").str.strip().ne("")]
+    per_prompt = answered.groupby("prompt_id")["model"].nunique()
+    complete = per_prompt[per_prompt == test["model"].nunique()].index.to_series()
+    ids = complete.sample(n=PROMPTS, random_state=SEED)
+    rows = test[test["prompt_id"].isin(set(ids))]
+    prompts = rows.drop_duplicates("prompt_id").set_index("prompt_id").loc[ids, "prompt"]
+    return list(prompts), rows.set_index(["prompt_id", "model"])
+
+
+def reference_model(graded: pd.DataFrame) -> str:
+    """The model with the highest pass rate on these prompts (the best single model)."""
+    passed = (graded["quality"] >= DEFAULT_BAR).groupby(level="model").mean()
+    return str(passed.idxmax())
+
+
+def send_all(url: str, key: str, prompts: list[str], arm: Arm) -> list[Served]:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
+
+    def send(prompt: str) -> Served:
+        raw = client.chat.completions.with_raw_response.create(
+            model=arm.model,
+            messages=[{"role": "user", "content": prompt}],
+            extra_body=arm.extra_body,
+        )
+        completion = raw.parse()
+        cost = getattr(completion.usage, "cost", None)
+        return Served(completion.model, cost, raw.headers["x-switchboard-request-id"])
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        return list(pool.map(send, prompts))
+
+
+def summarize(
+    prompts: list[str], served: list[Served], graded: pd.DataFrame
+) -> dict[str, float | int]:
+    costs = [s.cost_usd for s in served]
+    quality = [
+        float(graded.loc[(prompt_id(p), s.model), "quality"])
+        for p, s in zip(prompts, served, strict=True)
+    ]
+    return {
+        "requests": len(served),
+        "spend": sum(c for c in costs if c is not None),
+        "unpriced": sum(c is None for c in costs),
+        "pass_rate": sum(q >= DEFAULT_BAR for q in quality) / len(quality),
+        "quality": sum(quality) / len(quality),
+    }
+
+
+def ledger_totals(service_url: str, admin_key: str) -> tuple[int, float]:
+    """Requests and spend as the service's own ledger holds them (through its API)."""
+    response = httpx.get(
+        f"{service_url}/v1/requests",
+        params={"limit": 1},
+        headers={"Authorization": f"Bearer {admin_key}"},
     )
-    echo("Held-out test prompts (cost from the benchmarks' recorded calls where they have it):\n")
+    response.raise_for_status()
+    summary = response.json()["summary"]
+    return int(summary["requests"]), float(summary["cost_usd"])
+
+
+@dataclass
+class DemoResult:
+    summaries: dict[str, dict[str, float | int]]  # per arm label, as ``summarize`` gives
+    ledger_requests: int
+    ledger_spend: float
+    client_spend: float
+
+
+def run_demo(echo: Callable[[str], None]) -> DemoResult:
     outcomes = datasets.load()
-    featurizer = cached_featurizer(router.embedder_name)
-    sets = evaluation_sets(outcomes, "test", SHIPPED_SOURCES, featurizer, catalog)
-    evaluations, _ = score_sets(router, sets, router.bar)
+    prompts, graded = held_out_traffic(outcomes)
+    reference = reference_model(graded)
+    admin_key = "sb-admin-" + secrets.token_urlsafe(16)
+    with tempfile.TemporaryDirectory(prefix="switchboard-demo-") as tmp:
+        env: dict[str, str | None] = {
+            "SWITCHBOARD_DATABASE_URL": f"sqlite:///{Path(tmp) / 'ledger.db'}",
+            "SWITCHBOARD_UPSTREAM": "replay",
+            "SWITCHBOARD_ADMIN_KEY": admin_key,
+            "OPENROUTER_API_KEY": None,
+        }
+        echo("Starting `switchboard serve` on the replay upstream (recorded answers, no network)")
+        with ServiceProcess(env, log_path=Path(tmp) / "service.log") as service:
+            created = httpx.post(
+                f"{service.url}/v1/admin/keys",
+                json={"tenant": "demo"},
+                headers={"Authorization": f"Bearer {admin_key}"},
+            )
+            created.raise_for_status()
+            key = created.json()["key"]
+            echo(f"  {service.url}, tenant 'demo' with a new API key\n")
+            _route_examples(echo, service.url, key, prompts[:EXAMPLES])
+            arms = [
+                Arm("learned router", "switchboard/auto"),
+                Arm(
+                    f"learned, threshold {STRICT_THRESHOLD}",
+                    "switchboard/auto",
+                    {"switchboard": {"quality_threshold": STRICT_THRESHOLD}},
+                ),
+                Arm("heuristic", "switchboard/auto", {"switchboard": {"router": "heuristic"}}),
+                Arm(f"always {reference}", reference),
+            ]
+            echo(
+                f"Sending {len(prompts)} held-out {SOURCE} test prompts {len(arms)} times through "
+                f"POST /v1/chat/completions ({CONCURRENCY} at a time, official openai client):\n"
+            )
+            results = {arm.label: send_all(service.url, key, prompts, arm) for arm in arms}
+            ledger_requests, ledger_spend = ledger_totals(service.url, admin_key)
+    summaries = {label: summarize(prompts, served, graded) for label, served in results.items()}
+    _print_table(echo, summaries, arms[-1].label)
+    learned = results["learned router"]
+    mix = Counter(s.model for s in learned)
+    echo("\nLearned router's routing mix:")
+    for model, count in mix.most_common():
+        echo(f"  {model:40s} {count:4d}  {count / len(learned):5.1%}")
+    client_spend = sum(s.cost_usd or 0.0 for arm in results.values() for s in arm)
+    echo(
+        f"\nLedger: {ledger_requests} requests recorded, ${ledger_spend:.4f} "
+        f"(the client saw {sum(len(r) for r in results.values())} answers, ${client_spend:.4f})."
+    )
+    echo(
+        "Pass rate: share of answers graded >= "
+        f"{DEFAULT_BAR} by the benchmark; quality: mean grade. Costs are the benchmark's recorded "
+        "costs of these very answers. Offline evaluation on every held-out set: docs/RESULTS.md "
+        "(`make results`)."
+    )
+    return DemoResult(summaries, ledger_requests, ledger_spend, client_spend)
+
+
+def _route_examples(echo: Callable[[str], None], url: str, key: str, prompts: list[str]) -> None:
+    echo("POST /v1/route (the decision alone) for the first prompts of that traffic:\n")
+    for prompt in prompts:
+        response = httpx.post(
+            f"{url}/v1/route",
+            json={"prompt": prompt},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        response.raise_for_status()
+        decision = response.json()
+        decision["candidates"] = sorted(
+            decision["candidates"], key=lambda c: c["p_pass"], reverse=True
+        )[:5]
+        shown = " ".join(prompt.split())
+        echo(f"> {shown[:150]}{' ...' if len(shown) > 150 else ''}")
+        echo(decision_table(decision))
+        echo("")
+
+
+def _print_table(
+    echo: Callable[[str], None],
+    summaries: dict[str, dict[str, float | int]],
+    reference_label: str,
+) -> None:
+    reference_spend = float(summaries[reference_label]["spend"])
     header = (
-        f"{'source':20s} {'prompts':>7s} {'models':>6s}  {'router':>14s} {'pass rate':>9s} "
-        f"{'$/prompt':>10s} {'vs best model':>13s} {'95% at':>7s} {'100% at':>7s}"
+        f"{'':32s} {'requests':>8s} {'spend $':>9s} {'$/request':>10s} {'saving':>7s} "
+        f"{'pass rate':>9s} {'quality':>7s}"
     )
     echo(header)
     echo("-" * len(header))
-    for evaluation, data in zip(evaluations, sets, strict=True):
-        report = evaluation.report
-        reference = report["routers"][f"model:{report['reference_model']}"]
-        for name in ("learned", "heuristic", f"model:{report['reference_model']}"):
-            entry = report["routers"][name]
-            saving = 1 - entry["cost_usd"] / reference["cost_usd"]
-            label = "best model" if name.startswith("model:") else name
-            ratios = entry["cost_ratio_at_quality"]
-            echo(
-                f"{data.source:20s} {report['n_prompts']:7d} {len(report['models']):6d}  "
-                f"{label:>14s} {entry['quality']:9.3f} {entry['cost_usd']:10.6f} "
-                f"{saving:12.0%}  {_ratio(ratios['0.95']):>7s} {_ratio(ratios['1.0']):>7s}"
-            )
-        echo(f"{'':20s} best single model: {report['reference_model']}")
-    echo(
-        "\n'vs best model': spend saved at the default threshold against sending every prompt "
-        "to the best single model. '95% at' / '100% at': the cheapest cost, as a share of that "
-        "model's, at which the router keeps 95 % / 100 % of its pass rate.\n"
-    )
-    echo("Routing example prompts:\n")
-    for prompt in EXAMPLES:
-        echo(f"> {prompt}")
-        decision = asdict(route(router, catalog, prompt))
-        decision["candidates"] = sorted(
-            decision["candidates"], key=lambda c: c["p_pass"], reverse=True
-        )[:6]
-        echo(decision_table(decision))
-        echo("")
+    for label, row in summaries.items():
+        spend = float(row["spend"])
+        saving = 1 - spend / reference_spend if reference_spend else float("nan")
+        echo(
+            f"{label:32s} {row['requests']:8d} {spend:9.4f} {spend / row['requests']:10.6f} "
+            f"{saving:7.0%} {row['pass_rate']:9.3f} {row['quality']:7.3f}"
+        )

@@ -8,25 +8,14 @@ training through a second copy.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import unicodedata
 
-_QUOTES = str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"', "\u00a0": " "})
-_SPACE = re.compile(r"\s+")
+from service.prompts import normalize, prompt_id
+
 _OPTION_LINE = re.compile(r"\n\s*\(?[Aa][\).:]\s")
 MIN_KEY_WORDS = 5
 
-
-def normalize(text: str) -> str:
-    """Lowercase, NFKC, straight quotes, single spaces."""
-    text = unicodedata.normalize("NFKC", text).translate(_QUOTES).lower()
-    return _SPACE.sub(" ", text).strip()
-
-
-def prompt_id(text: str) -> str:
-    """A stable 16-hex-digit id of the normalized prompt."""
-    return hashlib.sha256(normalize(text).encode()).hexdigest()[:16]
+__all__ = ["MIN_KEY_WORDS", "last_block", "normalize", "prompt_id", "question_key"]
 
 
 def last_block(text: str) -> str:

@@ -42,7 +42,7 @@ def decision_table(decision: dict[str, Any]) -> str:
     """The routing decision and every candidate, cheapest first."""
     lines = [
         f"route to {decision['model']}  (P(pass) {decision['p_pass']:.3f}, expected cost "
-        f"${decision['expected_cost_usd']:.6f}, {decision['rule'].replace('_', ' ')} "
+        f"${_cell(decision['expected_cost_usd'], '.6f')}, {decision['rule'].replace('_', ' ')} "
         f"{decision['threshold']}, router {decision['router']})",
         "",
         f"{'candidate':42s} {'P(pass)':>8s} {'expected $':>11s}",

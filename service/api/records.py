@@ -1,0 +1,77 @@
+"""POST /v1/feedback, GET /v1/requests[/{id}] (tenant-scoped), POST /v1/admin/keys (admin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service.api.common import json_body
+from service.auth import authenticate, authenticate_admin
+from service.errors import InvalidRequest, NotFound
+from service.ledger import Principal
+from service.schemas import FeedbackRequest, parse
+
+router = APIRouter()
+MAX_LIST = 1000
+
+
+async def _own_request(request: Request, request_id: str, principal: Principal) -> dict[str, Any]:
+    """The ledger row, if it exists and the caller may see it (404 otherwise, either way)."""
+    row = await request.app.state.ledger.get_request(request_id)
+    if row is None or (not principal.admin and row["tenant_id"] != principal.tenant_id):
+        raise NotFound(f"no request {request_id!r}", param="request_id", code="request_not_found")
+    return row
+
+
+@router.post("/v1/feedback", status_code=201)
+async def feedback(request: Request) -> JSONResponse:
+    """Rate an answer by its request id: a score in [0, 1] or thumbs up/down."""
+    principal = await authenticate(request)
+    body: FeedbackRequest = parse(FeedbackRequest, await json_body(request))
+    score = body.value()
+    row = await _own_request(request, body.request_id, principal)
+    feedback_id = await request.app.state.ledger.add_feedback(
+        row["id"], row["tenant_id"], score, body.comment
+    )
+    return JSONResponse(
+        {"id": feedback_id, "request_id": row["id"], "score": score}, status_code=201
+    )
+
+
+@router.get("/v1/requests")
+async def list_requests(request: Request, limit: int = 50, status: str | None = None) -> dict:
+    """The caller's newest requests (the admin's: everyone's) and their totals."""
+    principal = await authenticate(request)
+    if not 1 <= limit <= MAX_LIST:
+        raise InvalidRequest(f"limit must be between 1 and {MAX_LIST}", param="limit")
+    if status not in (None, "ok", "error"):
+        raise InvalidRequest("status must be 'ok' or 'error'", param="status")
+    ledger = request.app.state.ledger
+    scope = None if principal.admin else principal.tenant_id
+    rows = await ledger.list_requests(scope, limit, status)
+    for row in rows:
+        row["created_at"] = row["created_at"].isoformat()
+    return {"object": "list", "data": rows, "summary": await ledger.request_totals(scope)}
+
+
+@router.get("/v1/requests/{request_id}")
+async def get_request(request_id: str, request: Request) -> dict[str, Any]:
+    """The full ledger record of one of the caller's requests."""
+    principal = await authenticate(request)
+    row = await _own_request(request, request_id, principal)
+    row["created_at"] = row["created_at"].isoformat()
+    return row
+
+
+@router.post("/v1/admin/keys", status_code=201)
+async def create_key(request: Request) -> JSONResponse:
+    """A new API key for a tenant (created if new). Admin only; the key is shown once."""
+    await authenticate_admin(request)
+    body = await json_body(request)
+    tenant = body.get("tenant") if isinstance(body, dict) else None
+    if not isinstance(tenant, str) or not tenant.strip() or len(tenant) > 200:
+        raise InvalidRequest("tenant: a name of 1 to 200 characters is required", param="tenant")
+    key = await request.app.state.ledger.create_key(tenant.strip())
+    return JSONResponse({"tenant": tenant.strip(), "key": key}, status_code=201)

@@ -1,0 +1,92 @@
+"""POST /v1/route (the decision alone) and GET /v1/models (the catalog)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from service.api.common import json_body
+from service.auth import authenticate
+from service.errors import InvalidRequest
+from service.ledger import Principal
+from service.record import RequestRecord
+from service.schemas import AUTO_MODEL, RouteRequest, controls_from_headers, merge_controls, parse
+
+router = APIRouter()
+
+
+@router.post("/v1/route")
+async def route(request: Request) -> dict[str, Any]:
+    """The routing decision for a prompt or messages, without calling any model."""
+    state = request.app.state
+    principal: Principal = await authenticate(request)
+    body: RouteRequest = parse(RouteRequest, await json_body(request))
+    if (body.messages is None) == (body.prompt is None):
+        raise InvalidRequest("give exactly one of messages or prompt", param="messages")
+    messages = (
+        [m.model_dump(exclude_none=True) for m in body.messages]
+        if body.messages
+        else [{"role": "user", "content": body.prompt}]
+    )
+    controls = merge_controls(body.switchboard, controls_from_headers(request.headers))
+    record = RequestRecord(principal, "route")
+    order = state.gateway.route(messages, controls, record)
+    return {
+        "model": record.chosen_model,
+        "p_pass": record.p_pass,
+        "expected_cost_usd": record.expected_cost_usd,
+        "rule": record.rule,
+        "threshold": record.threshold,
+        "router": record.router,
+        "router_version": record.router_version,
+        "fallback_order": order,
+        "candidates": record.candidates,
+    }
+
+
+def _price(value: float | None) -> str | None:
+    return None if value is None else format(value, ".12f").rstrip("0").rstrip(".") or "0"
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    """The catalog in OpenAI list shape with OpenRouter-style pricing (USD per token)."""
+    state = request.app.state
+    await authenticate(request)
+    routable = set(state.gateway.router.models)
+    data: list[dict[str, Any]] = [
+        {
+            "id": AUTO_MODEL,
+            "object": "model",
+            "created": 0,
+            "owned_by": "switchboard",
+            "name": "switchboard learned router",
+            "pricing": {"prompt": "-1", "completion": "-1"},
+            "switchboard": {"routable": False, "candidates": sorted(routable)},
+        }
+    ]
+    for model_id in state.catalog.ids():
+        info = state.catalog.get(model_id)
+        data.append(
+            {
+                "id": info.id,
+                "object": "model",
+                "created": 0,
+                "owned_by": info.id.split("/")[0],
+                "name": info.name,
+                "context_length": info.context_length,
+                "pricing": {
+                    "prompt": _price(info.prompt_usd_per_token),
+                    "completion": _price(info.completion_usd_per_token),
+                    "request": _price(info.request_usd),
+                },
+                "switchboard": {
+                    "routable": info.id in routable,
+                    "served": state.gateway.provider_for(info.id) is not None,
+                    "price_source": info.price_source,
+                    "price_seen_at": info.price_seen_at,
+                },
+            }
+        )
+    return {"object": "list", "data": data}

@@ -1,0 +1,260 @@
+"""One chat request from decision to answer: plan the models to try, call them with retries and
+fallbacks, price the answer, and keep the record.
+
+Planning: ``switchboard/auto`` scores every candidate the router knows (allowed, served by a
+configured upstream, circuit not open) and orders them: the decision first, then the other
+candidates that clear the threshold, cheapest first, then the rest, most likely to pass first.
+An explicit model is tried alone, or with OpenRouter's ``models`` list as its ordered fallbacks.
+
+Execution: each model gets ``retries`` more attempts on retryable failures (429, 5xx, timeouts,
+connection errors, malformed answers), waiting Retry-After or exponential backoff with jitter;
+then the next model in the plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from service.catalog import Catalog, canonical_model_id
+from service.config import Settings
+from service.errors import (
+    APIError,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    RequestTimeout,
+    Unavailable,
+    Unroutable,
+    UpstreamFailed,
+)
+from service.prompts import prompt_text
+from service.providers.base import AUTH, BAD_REQUEST, RATE_LIMITED, TIMEOUT, Provider, UpstreamError
+from service.providers.replay import HOW_TO_CONFIGURE, NoRecording, ReplayProvider
+from service.providers.resilience import CircuitBreaker, ConcurrencyLimit, backoff_delay
+from service.record import RequestRecord
+from service.routing.decision import NoCandidateError, decide, expected_costs
+from service.routing.heuristic import HeuristicRouter
+from service.routing.learned import LearnedRouter
+from service.schemas import AUTO_MODEL, ChatRequest, RoutingControls
+
+T = TypeVar("T")
+
+
+@dataclass
+class Plan:
+    order: list[str]
+    auto: bool
+
+
+class Gateway:
+    """Routing, upstream calls and their resilience, shared by all requests of one process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        router: LearnedRouter,
+        providers: list[Provider],
+        on_upstream_error: Callable[[str, str], None] | None = None,
+    ):
+        self.on_upstream_error = on_upstream_error or (lambda model, kind: None)
+        self.settings = settings
+        self.catalog = catalog
+        self.router = router
+        self.heuristic = HeuristicRouter()
+        self.providers = providers
+        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
+        self.limits = {
+            p.name: ConcurrencyLimit(
+                settings.max_concurrency_per_provider, settings.max_queue_per_provider
+            )
+            for p in providers
+        }
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def provider_for(self, model: str) -> Provider | None:
+        return next((p for p in self.providers if p.serves(model)), None)
+
+    def _replay(self) -> ReplayProvider | None:
+        return next((p for p in self.providers if isinstance(p, ReplayProvider)), None)
+
+    def candidates(self, messages: list[dict[str, Any]], controls: RoutingControls) -> list[str]:
+        """Router models this request may use: allowed, served, recorded (replay), circuit shut."""
+        models = list(self.router.models)
+        if controls.allowed_models:
+            allowed = [canonical_model_id(m) for m in controls.allowed_models]
+            unknown = [m for m in allowed if m not in models]
+            if unknown:
+                raise Unroutable(
+                    f"allowed_models the router cannot route to: {', '.join(unknown)}",
+                    param="switchboard.allowed_models",
+                )
+            models = [m for m in models if m in set(allowed)]
+        models = [m for m in models if self.provider_for(m) is not None]
+        replay = self._replay()
+        if replay is not None:
+            recorded = replay.models_for(messages)
+            models = [m for m in models if m in recorded]
+            if not models:
+                raise Unavailable(
+                    "replay upstream: no recorded answer to this prompt; " + HOW_TO_CONFIGURE
+                )
+        open_circuits = set(self.breaker.open_models())
+        usable = [m for m in models if m not in open_circuits]
+        if not usable:
+            raise Unavailable("no upstream can serve any candidate model for this request")
+        return usable
+
+    def route(
+        self, messages: list[dict[str, Any]], controls: RoutingControls, record: RequestRecord
+    ) -> list[str]:
+        """Score the candidates, decide, and return the ordered models to try."""
+        prompt = prompt_text(messages)
+        models = self.candidates(messages, controls)
+        cost = expected_costs([prompt], models, self.catalog)[0]
+        if controls.router == "heuristic":
+            p_pass = self.heuristic.p_pass([prompt], models, cost[None, :])[0]
+            router_name, version = self.heuristic.name, self.heuristic.version
+        else:
+            p_pass = self.router.p_pass([prompt], models)[0]
+            router_name, version = self.router.name, self.router.version
+        threshold = controls.quality_threshold
+        if threshold is None:
+            threshold = self.settings.default_threshold
+        if threshold is None:
+            threshold = self.router.default_threshold
+        try:
+            decision = decide(
+                models, p_pass, cost, threshold, router_name, None, controls.max_cost_usd
+            )
+        except NoCandidateError as error:
+            raise Unroutable(str(error), param="switchboard.max_cost_usd") from None
+        record.router, record.router_version, record.threshold = router_name, version, threshold
+        record.candidates = [
+            {"model": c.model, "p_pass": c.p_pass, "expected_cost_usd": c.expected_cost_usd}
+            for c in decision.candidates
+        ]
+        record.chosen_model, record.p_pass, record.propensity = decision.model, decision.p_pass, 1.0
+        record.rule = decision.rule
+        if not math.isnan(decision.expected_cost_usd):
+            record.expected_cost_usd = decision.expected_cost_usd
+        within_cap = [
+            j
+            for j in range(len(models))
+            if controls.max_cost_usd is None or cost[j] <= controls.max_cost_usd
+        ]
+        clearing = sorted((j for j in within_cap if p_pass[j] >= threshold), key=lambda j: cost[j])
+        rest = sorted((j for j in within_cap if p_pass[j] < threshold), key=lambda j: -p_pass[j])
+        order = [decision.model] + [models[j] for j in clearing + rest]
+        return list(dict.fromkeys(order))
+
+    def plan(self, request: ChatRequest, controls: RoutingControls, record: RequestRecord) -> Plan:
+        record.requested_model = request.model or (request.models[0] if request.models else None)
+        messages = [m.model_dump(exclude_none=True) for m in request.messages]
+        if request.model in (None, AUTO_MODEL) and not request.models:
+            return Plan(self.route(messages, controls, record), auto=True)
+        if request.model == AUTO_MODEL:
+            raise InvalidRequest(
+                "use either model switchboard/auto or a models list", param="models"
+            )
+        named = ([request.model] if request.model else []) + list(request.models or [])
+        order = list(dict.fromkeys(canonical_model_id(m) for m in named))
+        for model in order:
+            if model not in self.catalog:
+                raise NotFound(
+                    f"model {model!r} is not in the catalog (GET /v1/models lists it)",
+                    param="model",
+                    code="model_not_found",
+                )
+            if self.provider_for(model) is None:
+                raise Unavailable(
+                    f"no configured upstream serves {model}"
+                    + ("; " + HOW_TO_CONFIGURE if self._replay() else "")
+                )
+        record.chosen_model = order[0]
+        return Plan(order, auto=False)
+
+    # -- execution --------------------------------------------------------------------------
+
+    async def attempt_all(
+        self,
+        plan: Plan,
+        record: RequestRecord,
+        call: Callable[[Provider, str], Awaitable[T]],
+    ) -> tuple[T, str]:
+        """Try the planned models in order, each with retries; the first success wins."""
+        last: UpstreamError | None = None
+        settings = self.settings
+        for model in plan.order:
+            if not self.breaker.allows(model):
+                record.fallbacks.append({"model": model, "error": "circuit_open"})
+                continue
+            provider = self.provider_for(model)
+            assert provider is not None
+            for attempt in range(1, settings.retries + 2):
+                record.attempts += 1
+                started = time.perf_counter()
+                try:
+                    result = await call(provider, model)
+                except UpstreamError as error:
+                    record.upstream_ms += (time.perf_counter() - started) * 1000
+                    last = error
+                    self.on_upstream_error(model, error.kind)
+                    if error.kind not in (BAD_REQUEST,):
+                        self.breaker.failure(model)
+                    if not error.retryable or attempt > settings.retries:
+                        break
+                    delay = backoff_delay(
+                        attempt,
+                        error.retry_after_s,
+                        settings.backoff_base_s,
+                        settings.backoff_max_s,
+                        settings.max_retry_after_s,
+                    )
+                    if delay is None:
+                        break
+                    await asyncio.sleep(delay)
+                    record.upstream_ms += delay * 1000
+                    continue
+                record.upstream_ms += (time.perf_counter() - started) * 1000
+                self.breaker.success(model)
+                return result, model
+            assert last is not None
+            record.fallbacks.append(
+                {
+                    "model": model,
+                    "error": last.kind,
+                    "status": last.status,
+                    "message": last.message[:300],
+                }
+            )
+        raise final_error(last, plan)
+
+
+def final_error(last: UpstreamError | None, plan: Plan) -> APIError:
+    """What the caller gets when every planned model failed."""
+    if last is None:
+        return Unavailable("every candidate model's circuit is open after repeated failures")
+    if isinstance(last, NoRecording):
+        return Unavailable(last.message)
+    if last.kind == TIMEOUT:
+        return RequestTimeout(f"the upstream timed out ({last.message})")
+    if last.kind == RATE_LIMITED:
+        return RateLimited(
+            f"the upstream is rate limiting ({last.message})", retry_after_s=last.retry_after_s or 1
+        )
+    if last.kind == BAD_REQUEST and not plan.auto and len(plan.order) == 1:
+        return InvalidRequest(
+            f"the upstream refused the request: {last.message}", code="upstream_bad_request"
+        )
+    if last.kind == AUTH:
+        return UpstreamFailed(
+            "the upstream refused switchboard's provider key; check its configuration"
+        )
+    return UpstreamFailed(f"every planned model failed; last error: {last.message}")

@@ -1,0 +1,203 @@
+"""``create_app(settings)``: the service, with its router, upstreams, ledger and metrics built in
+the lifespan. ``switchboard serve`` runs it under uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api import chat, health, records, routing
+from service.auth import ADMIN_TENANT, LOCAL_TENANT
+from service.catalog import Catalog
+from service.config import Settings
+from service.errors import APIError, InvalidRequest, NotFound, PayloadTooLarge
+from service.gateway import Gateway
+from service.ledger import Ledger, Principal
+from service.metrics import Metrics
+from service.providers.base import Provider
+from service.providers.openai_compat import openai_direct, openrouter
+from service.providers.replay import ReplayProvider
+from service.record import RequestRecord
+from service.routing.learned import LearnedRouter
+
+log = logging.getLogger("switchboard")
+
+
+def build_providers(settings: Settings, client: httpx.AsyncClient) -> list[Provider]:
+    """The configured upstreams, direct provider APIs before OpenRouter."""
+    if settings.upstream == "replay":
+        return [ReplayProvider.from_outcomes(settings.replay_outcomes_path)]
+    providers: list[Provider] = []
+    if settings.openai_api_key:
+        key = settings.openai_api_key.get_secret_value()
+        providers.append(openai_direct(settings.openai_base_url, key, client))
+    if settings.anthropic_api_key:
+        from service.providers.anthropic import AnthropicProvider
+
+        key = settings.anthropic_api_key.get_secret_value()
+        providers.append(AnthropicProvider(key, client, settings.anthropic_base_url))
+    if settings.gemini_api_key:
+        from service.providers.gemini import GeminiProvider
+
+        key = settings.gemini_api_key.get_secret_value()
+        providers.append(GeminiProvider(key, client, settings.gemini_base_url))
+    if settings.openrouter_api_key:
+        key = settings.openrouter_api_key.get_secret_value()
+        providers.append(
+            openrouter(
+                settings.openrouter_base_url, key, client, settings.app_url, settings.app_title
+            )
+        )
+    if not providers:
+        raise RuntimeError(
+            "SWITCHBOARD_UPSTREAM=openrouter needs OPENROUTER_API_KEY (or a direct provider key)"
+        )
+    return providers
+
+
+class Recorder:
+    """Writes ledger rows and updates metrics; stream rows are written even if the client left."""
+
+    def __init__(self, ledger: Ledger, metrics: Metrics):
+        self.ledger = ledger
+        self.metrics = metrics
+        self.pending: set[asyncio.Task[None]] = set()
+
+    async def write(self, record: RequestRecord) -> None:
+        row = record.row()
+        self.metrics.observe(record)
+        try:
+            await self.ledger.record_request(row)
+        except Exception:  # a failing database must not turn an answer into a crash
+            log.exception("could not record request %s", record.id)
+
+    async def finish_stream(self, record: RequestRecord) -> None:
+        task = asyncio.create_task(self.write(record))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+        await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        if self.pending:
+            await asyncio.gather(*self.pending, return_exceptions=True)
+
+
+class BodySizeLimit:
+    """413 for bodies over the limit, by Content-Length or by counting a chunked body."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = PayloadTooLarge(f"the request body is over {self.max_bytes} bytes")
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await too_large.response()(scope, receive, send)
+                return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise too_large
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from service.migrate import upgrade
+
+        await asyncio.to_thread(upgrade, settings.database_url)
+        ledger = Ledger.connect(settings.async_database_url)
+        catalog = Catalog.load(settings.catalog_path)
+        router = LearnedRouter.load(settings.router_dir)
+        await asyncio.to_thread(router.p_pass, ["warm up"], router.models)
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=settings.connect_timeout_s,
+                read=settings.read_timeout_s,
+                write=settings.connect_timeout_s,
+                pool=settings.read_timeout_s,
+            ),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        )
+        metrics = Metrics()
+        state = app.state
+        state.settings, state.ledger, state.catalog, state.metrics = (
+            settings,
+            ledger,
+            catalog,
+            metrics,
+        )
+        state.gateway = Gateway(
+            settings, catalog, router, build_providers(settings, client), metrics.upstream_error
+        )
+        state.recorder = Recorder(ledger, metrics)
+        state.shutting_down = False
+        local_id = await ledger.ensure_tenant(LOCAL_TENANT)
+        admin_id = await ledger.ensure_tenant(ADMIN_TENANT)
+        state.local_principal = Principal(local_id, LOCAL_TENANT, None)
+        state.admin_principal = Principal(admin_id, ADMIN_TENANT, None, admin=True)
+        try:
+            yield
+        finally:
+            state.shutting_down = True
+            await state.recorder.drain()
+            await client.aclose()
+            await ledger.close()
+
+    app = FastAPI(title="switchboard", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    for module in (chat, routing, records, health):
+        app.include_router(module.router)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 404:
+            return NotFound(f"no route {request.method} {request.url.path}").response()
+        wrapped = InvalidRequest(str(error.detail))
+        wrapped.status = error.status_code
+        return wrapped.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        name = str(first["loc"][-1]) if first.get("loc") else None
+        return InvalidRequest(f"{name}: {first['msg']}", param=name).response()
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return APIError("internal error; the request was not completed").response()
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def app_from_env() -> Any:
+    """Factory for ``uvicorn --factory`` (each worker builds its app from the environment)."""
+    return create_app(Settings())

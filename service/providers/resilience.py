@@ -1,0 +1,104 @@
+"""What keeps upstream failures from becoming client failures: backoff, circuit breakers, and
+per-provider concurrency limits with a bounded queue."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from service.errors import RateLimited
+
+
+def backoff_delay(
+    attempt: int,
+    retry_after_s: float | None,
+    base_s: float,
+    max_s: float,
+    max_retry_after_s: float,
+    rng: random.Random | None = None,
+) -> float | None:
+    """Seconds to wait before retry number ``attempt`` (1-based), or None: do not retry here.
+
+    An upstream Retry-After is honoured when it is at most ``max_retry_after_s`` (longer waits
+    fall back to another model instead); otherwise exponential backoff with full jitter.
+    """
+    if retry_after_s is not None:
+        return retry_after_s if retry_after_s <= max_retry_after_s else None
+    ceiling = min(max_s, base_s * 2 ** (attempt - 1))
+    return (rng or random).uniform(0, ceiling)
+
+
+class CircuitBreaker:
+    """Per-model breaker: opens after ``failures`` consecutive failures, lets one trial call
+    through after ``cooldown_s``, closes again on a success."""
+
+    def __init__(self, failures: int, cooldown_s: float):
+        self.failures = failures
+        self.cooldown_s = cooldown_s
+        self._consecutive: dict[str, int] = {}
+        self._opened_at: dict[str, float] = {}
+
+    def allows(self, model: str) -> bool:
+        opened = self._opened_at.get(model)
+        if opened is None:
+            return True
+        if time.monotonic() - opened >= self.cooldown_s:
+            self._opened_at[model] = time.monotonic()  # half-open: one trial per cooldown
+            return True
+        return False
+
+    def is_open(self, model: str) -> bool:
+        opened = self._opened_at.get(model)
+        return opened is not None and time.monotonic() - opened < self.cooldown_s
+
+    def success(self, model: str) -> None:
+        self._consecutive.pop(model, None)
+        self._opened_at.pop(model, None)
+
+    def failure(self, model: str) -> None:
+        count = self._consecutive.get(model, 0) + 1
+        self._consecutive[model] = count
+        if count >= self.failures:
+            self._opened_at[model] = time.monotonic()
+
+    def open_models(self) -> list[str]:
+        return [m for m in self._opened_at if self.is_open(m)]
+
+
+class ConcurrencyLimit:
+    """At most ``limit`` calls in flight to one provider; at most ``queue`` more waiting. A caller
+    that finds the queue full is refused at once with 429 and Retry-After."""
+
+    def __init__(self, limit: int, queue: int):
+        self.limit = limit
+        self.queue = queue
+        self._semaphore = asyncio.Semaphore(limit)
+        self._waiting = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.limit - self._semaphore._value
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._semaphore.locked():
+            if self._waiting >= self.queue:
+                raise RateLimited(
+                    "too many requests in flight to the upstream; retry shortly",
+                    code="queue_full",
+                    retry_after_s=1,
+                )
+            self._waiting += 1
+            try:
+                await self._semaphore.acquire()
+            finally:
+                self._waiting -= 1
+        else:
+            await self._semaphore.acquire()
+        try:
+            yield
+        finally:
+            self._semaphore.release()

@@ -1,0 +1,155 @@
+"""The ledger row of one request, filled in as the request goes, written once at its end."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.catalog import Catalog
+from service.ledger import Principal, now
+from service.providers.base import Usage
+from service.tokens import estimate_tokens
+
+
+def new_request_id() -> str:
+    return "sbr-" + uuid.uuid4().hex
+
+
+@dataclass
+class RequestRecord:
+    principal: Principal
+    endpoint: str
+    stream: bool = False
+    id: str = field(default_factory=new_request_id)
+    created_at: Any = field(default_factory=now)
+    started: float = field(default_factory=time.perf_counter)
+    requested_model: str | None = None
+    router: str | None = None
+    router_version: str | None = None
+    arm: str | None = None
+    threshold: float | None = None
+    candidates: list[dict[str, Any]] | None = None
+    propensity: float | None = None
+    chosen_model: str | None = None
+    served_model: str | None = None
+    p_pass: float | None = None
+    rule: str | None = None  # how the router chose: cleared the threshold, or most likely
+    expected_cost_usd: float | None = None
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)
+    attempts: int = 0
+    status: str = "error"
+    http_status: int = 500
+    error_code: str | None = None
+    error_message: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    catalog_cost_usd: float | None = None
+    upstream_cost_usd: float | None = None
+    upstream_ms: float = 0.0
+    first_byte_ms: float | None = None
+    end_user: str | None = None
+    prompt: str | None = None
+    response: str | None = None
+    usage_estimated: bool = False
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+    def fail(self, status: int, code: str, message: str) -> None:
+        self.status, self.http_status, self.error_code = "error", status, code
+        self.error_message = message[:2000]
+
+    def price(self, catalog: Catalog, usage: Usage | None, prompt: str, answer: str) -> None:
+        """Tokens and cost from the upstream's usage, or estimated from the texts without it.
+
+        The billed cost is the upstream's own figure when it reports one, else the catalog's.
+        An unpriced model leaves the cost null, never 0.
+        """
+        if usage is None:
+            self.usage_estimated = True
+            usage = Usage(estimate_tokens(prompt), estimate_tokens(answer))
+        self.prompt_tokens, self.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        model = self.served_model
+        if model is not None and model in catalog:
+            self.catalog_cost_usd = catalog.get(model).cost_usd(
+                usage.prompt_tokens, usage.completion_tokens
+            )
+        self.upstream_cost_usd = usage.upstream_cost_usd
+        self.cost_usd = (
+            self.upstream_cost_usd if self.upstream_cost_usd is not None else self.catalog_cost_usd
+        )
+
+    def row(self) -> dict[str, Any]:
+        latency = self.elapsed_ms()
+        return {
+            "id": self.id,
+            "created_at": self.created_at,
+            "tenant_id": self.principal.tenant_id,
+            "api_key_id": self.principal.api_key_id,
+            "endpoint": self.endpoint,
+            "requested_model": self.requested_model,
+            "router": self.router,
+            "router_version": self.router_version,
+            "arm": self.arm,
+            "threshold": self.threshold,
+            "candidates": self.candidates,
+            "propensity": self.propensity,
+            "chosen_model": self.chosen_model,
+            "served_model": self.served_model,
+            "fallbacks": self.fallbacks or None,
+            "attempts": self.attempts,
+            "stream": self.stream,
+            "status": self.status,
+            "http_status": self.http_status,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
+            "catalog_cost_usd": self.catalog_cost_usd,
+            "upstream_cost_usd": self.upstream_cost_usd,
+            "latency_ms": latency,
+            "upstream_ms": self.upstream_ms,
+            "overhead_ms": max(0.0, latency - self.upstream_ms),
+            "first_byte_ms": self.first_byte_ms,
+            "end_user": self.end_user,
+            "prompt": self.prompt,
+            "response": self.response,
+        }
+
+    def headers(self) -> dict[str, str]:
+        """The ``x-switchboard-*`` response headers known so far."""
+        headers = {"x-switchboard-request-id": self.id}
+        if self.served_model or self.chosen_model:
+            headers["x-switchboard-model"] = str(self.served_model or self.chosen_model)
+        headers["x-switchboard-router"] = (
+            f"{self.router}@{self.router_version}" if self.router else "none"
+        )
+        if self.p_pass is not None:
+            headers["x-switchboard-p-pass"] = f"{self.p_pass:.4f}"
+        if self.threshold is not None:
+            headers["x-switchboard-threshold"] = f"{self.threshold:.4f}"
+        if self.cost_usd is not None:
+            headers["x-switchboard-cost-usd"] = f"{self.cost_usd:.8f}"
+        headers["x-switchboard-fallbacks"] = str(len(self.fallbacks))
+        headers["x-switchboard-overhead-ms"] = (
+            f"{max(0.0, self.elapsed_ms() - self.upstream_ms):.2f}"
+        )
+        return headers
+
+    def metadata(self) -> dict[str, Any]:
+        """Routing metadata for the response body (and the final stream chunk)."""
+        return {
+            "request_id": self.id,
+            "router": self.router,
+            "router_version": self.router_version,
+            "chosen_model": self.chosen_model,
+            "p_pass": self.p_pass,
+            "threshold": self.threshold,
+            "fallbacks": self.fallbacks,
+            "cost_usd": self.cost_usd,
+            "usage_estimated": self.usage_estimated,
+        }

@@ -1,0 +1,133 @@
+"""Wire models: what the API accepts. Unknown OpenAI fields pass through to the upstream."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service.errors import InvalidRequest
+
+AUTO_MODEL = "switchboard/auto"
+ROUTERS = ("learned", "heuristic")
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class RoutingControls(BaseModel):
+    """Per-request routing controls (body ``switchboard`` object or ``x-switchboard-*`` headers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quality_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    allowed_models: list[str] | None = Field(None, min_length=1)
+    max_cost_usd: float | None = Field(None, ge=0.0)
+    router: Literal["learned", "heuristic"] | None = None
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = Field(None, min_length=1)
+    models: list[str] | None = Field(None, min_length=1)  # OpenRouter's ordered fallback list
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    n: int | None = Field(None, ge=1, le=1)
+    user: str | None = Field(None, max_length=200)
+    switchboard: RoutingControls | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _some_content(cls, messages: list[Message]) -> list[Message]:
+        if not any(m.content or m.model_extra for m in messages):
+            raise ValueError("every message is empty")
+        return messages
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
+
+    def upstream_body(self) -> dict[str, Any]:
+        """The body to send upstream: the caller's, without switchboard's own fields."""
+        body = self.model_dump(exclude_none=True, exclude={"switchboard", "models", "model"})
+        return body
+
+
+class RouteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[Message] | None = Field(None, min_length=1)
+    prompt: str | None = Field(None, min_length=1)
+    switchboard: RoutingControls | None = None
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=64)
+    score: float | None = Field(None, ge=0.0, le=1.0)
+    thumbs: Literal["up", "down"] | None = None
+    comment: str | None = Field(None, max_length=10_000)
+
+    def value(self) -> float:
+        if (self.score is None) == (self.thumbs is None):
+            raise InvalidRequest(
+                "give exactly one of score (0 to 1) or thumbs (up/down)", param="score"
+            )
+        if self.score is not None:
+            return self.score
+        return 1.0 if self.thumbs == "up" else 0.0
+
+
+def parse(model: type[BaseModel], payload: Any) -> Any:
+    """Validate ``payload`` or raise InvalidRequest naming the first offending field."""
+    if not isinstance(payload, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as error:
+        first = error.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidRequest(
+            f"{param}: {first['msg']}" if param else first["msg"], param=param
+        ) from None
+
+
+def controls_from_headers(headers: Any) -> RoutingControls | None:
+    """Routing controls given as ``x-switchboard-*`` request headers."""
+    values: dict[str, Any] = {}
+    if (threshold := headers.get("x-switchboard-quality-threshold")) is not None:
+        values["quality_threshold"] = threshold
+    if (allowed := headers.get("x-switchboard-allowed-models")) is not None:
+        values["allowed_models"] = [m.strip() for m in allowed.split(",") if m.strip()]
+    if (cap := headers.get("x-switchboard-max-cost-usd")) is not None:
+        values["max_cost_usd"] = cap
+    if (router := headers.get("x-switchboard-router")) is not None:
+        values["router"] = router
+    if not values:
+        return None
+    try:
+        return RoutingControls.model_validate(values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = str(first["loc"][0]).replace("_", "-")
+        raise InvalidRequest(f"x-switchboard-{field}: {first['msg']}", param=field) from None
+
+
+def merge_controls(
+    body: RoutingControls | None, headers: RoutingControls | None
+) -> RoutingControls:
+    """Body controls win over header controls, field by field."""
+    merged = (headers or RoutingControls()).model_dump(exclude_none=True)
+    merged.update((body or RoutingControls()).model_dump(exclude_none=True))
+    return RoutingControls.model_validate(merged)
