@@ -7,7 +7,7 @@ an unpriced model cannot be routed on cost, and silently pricing it at 0 would h
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,18 +79,30 @@ class ModelInfo:
     price_seen_at: str | None = None
     context_length: int | None = None
     typical_output_tokens: int | None = None
+    cached_prompt_usd_per_token: float | None = None  # cache reads; None: the prompt price
 
     @property
     def priced(self) -> bool:
         return self.prompt_usd_per_token is not None and self.completion_usd_per_token is not None
 
-    def cost_usd(self, input_tokens: float, output_tokens: float) -> float | None:
-        """Price one call; ``None`` when the model has no price."""
+    def cost_usd(
+        self, input_tokens: float, output_tokens: float, cached_tokens: float = 0
+    ) -> float | None:
+        """Price one call; ``None`` when the model has no price.
+
+        ``cached_tokens`` of the input were read from the provider's prompt cache and cost the
+        cache-read price where the model has one.
+        """
         if not self.priced:
             return None
         assert self.prompt_usd_per_token is not None and self.completion_usd_per_token is not None
+        cached = min(cached_tokens, input_tokens)
+        cache_price = self.cached_prompt_usd_per_token
+        if cache_price is None:
+            cache_price = self.prompt_usd_per_token
         return (
-            input_tokens * self.prompt_usd_per_token
+            (input_tokens - cached) * self.prompt_usd_per_token
+            + cached * cache_price
             + output_tokens * self.completion_usd_per_token
             + self.request_usd
         )
@@ -122,6 +134,7 @@ def parse_openrouter_models(payload: dict[str, Any], seen_at: str) -> dict[str, 
             prompt_usd_per_token=_price(pricing.get("prompt")),
             completion_usd_per_token=_price(pricing.get("completion")),
             request_usd=_price(pricing.get("request")) or 0.0,
+            cached_prompt_usd_per_token=_price(pricing.get("input_cache_read")),
             price_source=f"openrouter /api/v1/models {seen_at}",
             price_seen_at=seen_at,
             context_length=item.get("context_length"),
@@ -146,6 +159,34 @@ class Catalog:
 
     def ids(self) -> list[str]:
         return sorted(self.models)
+
+    def merge(self, listed: dict[str, ModelInfo]) -> dict[str, list[str]]:
+        """Take prices and context lengths from a fresh listing (``switchboard models sync``).
+
+        Listed models get the listing's prices and seen-at time (keeping what the catalog knows
+        that a listing does not: typical answer lengths, prices of models it leaves unpriced);
+        new models are added; unlisted ones are kept as they were.
+        """
+        report: dict[str, list[str]] = {"added": [], "repriced": [], "seen": []}
+        for model_id, fresh in listed.items():
+            old = self.models.get(model_id)
+            if old is None:
+                self.models[model_id] = fresh
+                report["added"].append(model_id)
+                continue
+            if not fresh.priced and old.priced:
+                continue
+            prices = ("prompt_usd_per_token", "completion_usd_per_token", "request_usd")
+            if any(getattr(old, p) != getattr(fresh, p) for p in prices):
+                report["repriced"].append(model_id)
+            else:
+                report["seen"].append(model_id)
+            self.models[model_id] = replace(
+                fresh,
+                typical_output_tokens=old.typical_output_tokens,
+                context_length=fresh.context_length or old.context_length,
+            )
+        return report
 
     @classmethod
     def load(cls, path: Path = DEFAULT_CATALOG_PATH) -> Catalog:

@@ -74,6 +74,36 @@ class Settings(BaseSettings):
     breaker_cooldown_s: float = 30.0
     workers: int = 1
 
+    # budgets (``switchboard budget set``) and spend controls
+    budget_refresh_s: float = 2.0  # how stale a replica's copy of the budget list may be
+    budget_max_output_tokens: int = 4096  # sent as max_tokens when a budget applies and none is
+    unpriced_policy: Literal["block", "fallback"] = "block"  # unpriced models under a budget
+    unpriced_prompt_usd_per_token: float = 0.00001  # the fallback price (policy "fallback")
+    unpriced_completion_usd_per_token: float = 0.00003
+    reconcile_tolerance: float = 0.01  # flag upstream vs catalog cost differences beyond this
+    spike_multiple: float = 10.0  # spend-spike breaker: window spend over this many
+    spike_window_s: float = 300.0  # times the trailing average per window trips it; 0: off
+    spike_baseline_s: float = 86_400.0
+    spike_min_usd: float = 10.0  # never trips below this much spend in one window
+    spike_action: Literal["reject", "degrade"] = "reject"
+    spike_cooldown_s: float = 900.0
+    degraded_threshold: float = 0.5  # the P(pass) threshold while the breaker degrades
+
+    # alerts
+    webhook_secret: SecretStr | None = None  # signs webhook bodies (HMAC-SHA256)
+    allow_private_webhooks: bool = False  # loopback and private addresses (tests, on-prem)
+    alert_retries: int = 4  # delivery attempts per channel
+    alert_backoff_s: float = 0.5
+    alert_webhook_url: str | None = None  # for alerts without a budget (spend spikes)
+    alert_email_to: str | None = None  # comma-separated; a budget's own email overrides it
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = True
+    smtp_from: str = "switchboard@localhost"
+    smtp_ca_file: Path | None = None  # trust this CA for STARTTLS (a private mail relay)
+
     @model_validator(mode="after")
     def _choose_upstream(self) -> Settings:
         if self.upstream is None:

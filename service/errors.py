@@ -4,6 +4,8 @@ The hierarchy maps one-to-one to HTTP statuses and stable ``code`` strings:
 
 - ``InvalidRequest`` 400 ``invalid_request`` (malformed JSON, wrong types, empty messages)
 - ``Unauthorized`` 401 ``invalid_api_key``; ``Forbidden`` 403 ``forbidden``
+- ``PaymentRequired`` 402 ``budget_exceeded`` (a hard cap), ``unpriced_model`` (an unpriced
+  model under a budget with the "block" rule), ``spend_spike`` (an open spend breaker)
 - ``NotFound`` 404 (``model_not_found``, ``request_not_found``)
 - ``RequestTimeout`` 408 ``upstream_timeout``
 - ``PayloadTooLarge`` 413 ``request_too_large``
@@ -32,6 +34,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after_s: float | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.message = message
@@ -39,6 +42,7 @@ class APIError(Exception):
         if code:
             self.code = code
         self.retry_after_s = retry_after_s
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return {
@@ -51,7 +55,7 @@ class APIError(Exception):
         }
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
-        merged = dict(headers or {})
+        merged = {**(headers or {}), **self.headers}
         if self.retry_after_s is not None:
             merged["Retry-After"] = str(max(1, round(self.retry_after_s)))
         return JSONResponse(self.body(), status_code=self.status, headers=merged)
@@ -63,6 +67,10 @@ class InvalidRequest(APIError):
 
 class Unauthorized(APIError):
     status, type, code = 401, "authentication_error", "invalid_api_key"
+
+
+class PaymentRequired(APIError):
+    status, type, code = 402, "insufficient_quota", "budget_exceeded"
 
 
 class Forbidden(APIError):

@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
+
 from service.catalog import Catalog, canonical_model_id
 from service.config import Settings
 from service.errors import (
@@ -41,6 +43,7 @@ from service.routing.decision import NoCandidateError, decide, expected_costs
 from service.routing.heuristic import HeuristicRouter
 from service.routing.learned import LearnedRouter
 from service.schemas import AUTO_MODEL, ChatRequest, RoutingControls
+from service.spend_control import SpendControl, Steering
 
 T = TypeVar("T")
 
@@ -61,7 +64,9 @@ class Gateway:
         router: LearnedRouter,
         providers: list[Provider],
         on_upstream_error: Callable[[str, str], None] | None = None,
+        spend: SpendControl | None = None,
     ):
+        self.spend = spend
         self.on_upstream_error = on_upstream_error or (lambda model, kind: None)
         self.settings = settings
         self.catalog = catalog
@@ -112,12 +117,18 @@ class Gateway:
         return usable
 
     def route(
-        self, messages: list[dict[str, Any]], controls: RoutingControls, record: RequestRecord
+        self,
+        messages: list[dict[str, Any]],
+        controls: RoutingControls,
+        record: RequestRecord,
+        steering: Steering | None = None,
     ) -> list[str]:
         """Score the candidates, decide, and return the ordered models to try."""
         prompt = prompt_text(messages)
         models = self.candidates(messages, controls)
         cost = expected_costs([prompt], models, self.catalog)[0]
+        if steering is not None and steering.cheaper_half:
+            models, cost = cheaper_half(models, cost)
         if controls.router == "heuristic":
             p_pass = self.heuristic.p_pass([prompt], models, cost[None, :])[0]
             router_name, version = self.heuristic.name, self.heuristic.version
@@ -129,6 +140,10 @@ class Gateway:
             threshold = self.settings.default_threshold
         if threshold is None:
             threshold = self.router.default_threshold
+        if steering is not None and steering.threshold_cap is not None:
+            threshold = min(threshold, steering.threshold_cap)
+        if steering is not None and steering.reasons:
+            record.spend_control = ", ".join(steering.reasons)[:300]
         try:
             decision = decide(
                 models, p_pass, cost, threshold, router_name, None, controls.max_cost_usd
@@ -154,11 +169,17 @@ class Gateway:
         order = [decision.model] + [models[j] for j in clearing + rest]
         return list(dict.fromkeys(order))
 
-    def plan(self, request: ChatRequest, controls: RoutingControls, record: RequestRecord) -> Plan:
+    def plan(
+        self,
+        request: ChatRequest,
+        controls: RoutingControls,
+        record: RequestRecord,
+        steering: Steering | None = None,
+    ) -> Plan:
         record.requested_model = request.model or (request.models[0] if request.models else None)
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
-        if request.model in (None, AUTO_MODEL) and not request.models:
-            return Plan(self.route(messages, controls, record), auto=True)
+        if request.auto:
+            return Plan(self.route(messages, controls, record, steering), auto=True)
         if request.model == AUTO_MODEL:
             raise InvalidRequest(
                 "use either model switchboard/auto or a models list", param="models"
@@ -187,8 +208,14 @@ class Gateway:
         plan: Plan,
         record: RequestRecord,
         call: Callable[[Provider, str], Awaitable[T]],
+        body: dict[str, Any],
     ) -> tuple[T, str]:
-        """Try the planned models in order, each with retries; the first success wins."""
+        """Try the planned models in order, each with retries; the first success wins.
+
+        Before a model's first attempt its worst-case cost is held on the budgets it counts
+        against (402 if one has no room); the hold is released if the model fails, and settled
+        with the ledger row if it answers.
+        """
         last: UpstreamError | None = None
         settings = self.settings
         for model in plan.order:
@@ -197,6 +224,8 @@ class Gateway:
                 continue
             provider = self.provider_for(model)
             assert provider is not None
+            if self.spend is not None:
+                record.hold = await self.spend.hold(record, model, body)
             for attempt in range(1, settings.retries + 2):
                 record.attempts += 1
                 started = time.perf_counter()
@@ -226,6 +255,9 @@ class Gateway:
                 self.breaker.success(model)
                 return result, model
             assert last is not None
+            if record.hold is not None and self.spend is not None:
+                hold, record.hold = record.hold, None
+                await self.spend.release(hold)
             record.fallbacks.append(
                 {
                     "model": model,
@@ -235,6 +267,15 @@ class Gateway:
                 }
             )
         raise final_error(last, plan)
+
+
+def cheaper_half(models: list[str], cost: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The candidates whose expected cost is at most the median (unpriced ones dropped)."""
+    priced = ~np.isnan(cost)
+    if not priced.any():
+        return models, cost
+    keep = priced & (cost <= np.median(cost[priced]))
+    return [m for m, k in zip(models, keep, strict=True) if k], cost[keep]
 
 
 def final_error(last: UpstreamError | None, plan: Plan) -> APIError:

@@ -11,86 +11,17 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-metadata = sa.MetaData()
-UTC_TIME = sa.DateTime(timezone=True)
-DOUBLE = sa.Float(precision=53)
+from service.tables import api_keys, feedback, requests, tenants
 
-tenants = sa.Table(
-    "tenants",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("name", sa.String(200), nullable=False, unique=True),
-    sa.Column("created_at", UTC_TIME, nullable=False),
-)
-
-api_keys = sa.Table(
-    "api_keys",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("tenant_id", sa.Integer, sa.ForeignKey("tenants.id"), nullable=False),
-    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
-    sa.Column("key_prefix", sa.String(16), nullable=False),
-    sa.Column("created_at", UTC_TIME, nullable=False),
-    sa.Column("revoked_at", UTC_TIME, nullable=True),
-)
-
-requests = sa.Table(
-    "requests",
-    metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("created_at", UTC_TIME, nullable=False, index=True),
-    sa.Column("tenant_id", sa.Integer, nullable=False, index=True),
-    sa.Column("api_key_id", sa.Integer, nullable=True),
-    sa.Column("endpoint", sa.String(64), nullable=False),
-    sa.Column("requested_model", sa.String(200), nullable=True),
-    sa.Column("router", sa.String(64), nullable=True),
-    sa.Column("router_version", sa.String(64), nullable=True),
-    sa.Column("arm", sa.String(64), nullable=True),
-    sa.Column("threshold", DOUBLE, nullable=True),
-    sa.Column("candidates", sa.JSON, nullable=True),
-    sa.Column("propensity", DOUBLE, nullable=True),
-    sa.Column("chosen_model", sa.String(200), nullable=True),
-    sa.Column("served_model", sa.String(200), nullable=True),
-    sa.Column("fallbacks", sa.JSON, nullable=True),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("stream", sa.Boolean, nullable=False, default=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("http_status", sa.Integer, nullable=False),
-    sa.Column("error_code", sa.String(64), nullable=True),
-    sa.Column("error_message", sa.Text, nullable=True),
-    sa.Column("prompt_tokens", sa.Integer, nullable=True),
-    sa.Column("completion_tokens", sa.Integer, nullable=True),
-    sa.Column("cost_usd", DOUBLE, nullable=True),
-    sa.Column("catalog_cost_usd", DOUBLE, nullable=True),
-    sa.Column("upstream_cost_usd", DOUBLE, nullable=True),
-    sa.Column("latency_ms", DOUBLE, nullable=False),
-    sa.Column("upstream_ms", DOUBLE, nullable=True),
-    sa.Column("overhead_ms", DOUBLE, nullable=True),
-    sa.Column("first_byte_ms", DOUBLE, nullable=True),
-    sa.Column("end_user", sa.String(200), nullable=True),
-    sa.Column("prompt", sa.Text, nullable=True),
-    sa.Column("response", sa.Text, nullable=True),
-)
-
-feedback = sa.Table(
-    "feedback",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("request_id", sa.String(64), sa.ForeignKey("requests.id"), nullable=False),
-    sa.Column("tenant_id", sa.Integer, nullable=False),
-    sa.Column("score", DOUBLE, nullable=False),
-    sa.Column("comment", sa.Text, nullable=True),
-    sa.Column("created_at", UTC_TIME, nullable=False),
-    sa.Index("ix_feedback_request_id", "request_id"),
-)
-
+T = TypeVar("T")
 KEY_PREFIX = "sb-"
 AUTH_CACHE_SECONDS = 30.0
 
@@ -111,6 +42,18 @@ class Principal:
     tenant: str
     api_key_id: int | None
     admin: bool = False
+
+
+async def insert_ignore(conn: Any, table: sa.Table, **values: Any) -> bool:
+    """INSERT a row unless it would break a unique key (ON CONFLICT DO NOTHING); True if new."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing()
+    # RETURNING, not rowcount: psycopg reports no rowcount for this statement
+    key = next(iter(table.primary_key.columns))
+    result = await conn.execute(statement.returning(key))
+    return result.first() is not None
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -158,12 +101,12 @@ class Ledger:
             result = await conn.execute(tenants.insert().values(name=name, created_at=now()))
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
-    async def create_key(self, tenant: str) -> str:
-        """A new API key for ``tenant`` (created if new); only its hash is stored."""
+    async def create_key(self, tenant: str) -> tuple[str, int]:
+        """A new API key for ``tenant`` (created if new) and its id; only its hash is stored."""
         tenant_id = await self.ensure_tenant(tenant)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         async with self.engine.begin() as conn:
-            await conn.execute(
+            result = await conn.execute(
                 api_keys.insert().values(
                     tenant_id=tenant_id,
                     key_hash=hash_key(key),
@@ -171,7 +114,7 @@ class Ledger:
                     created_at=now(),
                 )
             )
-        return key
+        return key, int(result.inserted_primary_key[0])  # type: ignore[index]
 
     async def authenticate(self, key: str) -> Principal | None:
         """The tenant that owns ``key``, or None; answers are cached for 30 seconds."""
@@ -190,9 +133,13 @@ class Ledger:
         self._auth_cache[digest] = (time.monotonic() + AUTH_CACHE_SECONDS, principal)
         return principal
 
-    async def record_request(self, row: dict[str, Any]) -> None:
+    async def record_request(
+        self, row: dict[str, Any], also: Callable[[AsyncConnection], Awaitable[T]] | None = None
+    ) -> T | None:
+        """Insert a request row; ``also`` runs in the same transaction (budget settlement)."""
         async with self.engine.begin() as conn:
             await conn.execute(requests.insert().values(**row))
+            return await also(conn) if also is not None else None
 
     async def get_request(self, request_id: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:
@@ -223,6 +170,34 @@ class Ledger:
         async with self.engine.connect() as conn:
             count, errors, cost = (await conn.execute(query)).one()
         return {"requests": int(count), "errors": int(errors), "cost_usd": float(cost)}
+
+    async def cost_mismatches(
+        self, since: datetime, tolerance: float, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Requests whose upstream-reported cost and catalog price differ by more than
+        ``tolerance`` of the upstream's figure (``switchboard reconcile``)."""
+        upstream, catalog = requests.c.upstream_cost_usd, requests.c.catalog_cost_usd
+        query = (
+            sa.select(
+                requests.c.id,
+                requests.c.created_at,
+                requests.c.served_model,
+                requests.c.prompt_tokens,
+                requests.c.completion_tokens,
+                upstream,
+                catalog,
+            )
+            .where(
+                requests.c.created_at >= since,
+                upstream.is_not(None),
+                catalog.is_not(None),
+                sa.func.abs(upstream - catalog) > tolerance * sa.func.abs(upstream),
+            )
+            .order_by(requests.c.created_at)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in await conn.execute(query)]
 
     async def add_feedback(
         self, request_id: str, tenant_id: int, score: float, comment: str | None

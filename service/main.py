@@ -16,21 +16,27 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import chat, health, records, routing
+from service.alerts import Alerts
+from service.api import budgets, chat, health, records, routing
 from service.auth import ADMIN_TENANT, LOCAL_TENANT
+from service.budgets import BudgetStore
 from service.catalog import Catalog
 from service.config import Settings
 from service.errors import APIError, InvalidRequest, NotFound, PayloadTooLarge
 from service.gateway import Gateway
 from service.ledger import Ledger, Principal
 from service.metrics import Metrics
+from service.pacing import Pacer
 from service.providers.base import Provider
 from service.providers.openai_compat import openai_direct, openrouter
 from service.providers.replay import ReplayProvider
-from service.record import RequestRecord
+from service.recorder import Recorder
 from service.routing.learned import LearnedRouter
+from service.spend_breaker import SpendBreaker
+from service.spend_control import SpendControl
 
 log = logging.getLogger("switchboard")
+UPKEEP_INTERVAL_S = 30.0
 
 
 def build_providers(settings: Settings, client: httpx.AsyncClient) -> list[Provider]:
@@ -65,33 +71,6 @@ def build_providers(settings: Settings, client: httpx.AsyncClient) -> list[Provi
     return providers
 
 
-class Recorder:
-    """Writes ledger rows and updates metrics; stream rows are written even if the client left."""
-
-    def __init__(self, ledger: Ledger, metrics: Metrics):
-        self.ledger = ledger
-        self.metrics = metrics
-        self.pending: set[asyncio.Task[None]] = set()
-
-    async def write(self, record: RequestRecord) -> None:
-        row = record.row()
-        self.metrics.observe(record)
-        try:
-            await self.ledger.record_request(row)
-        except Exception:  # a failing database must not turn an answer into a crash
-            log.exception("could not record request %s", record.id)
-
-    async def finish_stream(self, record: RequestRecord) -> None:
-        task = asyncio.create_task(self.write(record))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-        await asyncio.shield(task)
-
-    async def drain(self) -> None:
-        if self.pending:
-            await asyncio.gather(*self.pending, return_exceptions=True)
-
-
 class BodySizeLimit:
     """413 for bodies over the limit, by Content-Length or by counting a chunked body."""
 
@@ -119,6 +98,20 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, counted, send)
+
+
+async def maintain(state: Any) -> None:
+    """Periodic upkeep in every replica (each step is safe to run concurrently in several):
+    release the budget holds of requests whose process died, trip spend breakers, recompute
+    budget pacing."""
+    while True:
+        await asyncio.sleep(UPKEEP_INTERVAL_S)
+        try:
+            await state.budgets.sweep()
+            await state.breaker.check()
+            await state.pacer.update_all()
+        except Exception:  # upkeep must outlive a database hiccup
+            log.exception("upkeep failed")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -150,11 +143,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             catalog,
             metrics,
         )
+        state.budgets = BudgetStore(ledger.engine, settings.budget_refresh_s)
+        state.alerts = Alerts(ledger.engine, settings, client)
+        state.breaker = SpendBreaker(ledger.engine, settings, state.alerts)
+        state.spend = SpendControl(state.budgets, state.alerts, catalog, settings, state.breaker)
         state.gateway = Gateway(
-            settings, catalog, router, build_providers(settings, client), metrics.upstream_error
+            settings,
+            catalog,
+            router,
+            build_providers(settings, client),
+            metrics.upstream_error,
+            state.spend,
         )
-        state.recorder = Recorder(ledger, metrics)
+        state.recorder = Recorder(ledger, metrics, state.spend)
+        default_threshold = settings.default_threshold or router.default_threshold
+        state.pacer = Pacer(ledger.engine, state.budgets, default_threshold)
         state.shutting_down = False
+        upkeep = asyncio.create_task(maintain(state))
         local_id = await ledger.ensure_tenant(LOCAL_TENANT)
         admin_id = await ledger.ensure_tenant(ADMIN_TENANT)
         state.local_principal = Principal(local_id, LOCAL_TENANT, None)
@@ -163,12 +168,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             state.shutting_down = True
+            upkeep.cancel()
             await state.recorder.drain()
+            await state.alerts.drain()
             await client.aclose()
             await ledger.close()
 
     app = FastAPI(title="switchboard", lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    for module in (chat, routing, records, health):
+    for module in (chat, routing, records, budgets, health):
         app.include_router(module.router)
 
     @app.exception_handler(APIError)

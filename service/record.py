@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.budgets import Hold
 from service.catalog import Catalog
 from service.ledger import Principal, now
 from service.providers.base import Usage
 from service.tokens import estimate_tokens
+
+log = logging.getLogger("switchboard")
 
 
 def new_request_id() -> str:
@@ -54,6 +58,10 @@ class RequestRecord:
     prompt: str | None = None
     response: str | None = None
     usage_estimated: bool = False
+    hold: Hold | None = None  # the budget reservation of the attempt in flight or served
+    charged_usd: float | None = None
+    spend_control: str | None = None  # how spend controls steered the routing, if they did
+    warnings: list[str] = field(default_factory=list)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -75,12 +83,18 @@ class RequestRecord:
         model = self.served_model
         if model is not None and model in catalog:
             self.catalog_cost_usd = catalog.get(model).cost_usd(
-                usage.prompt_tokens, usage.completion_tokens
+                usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
             )
         self.upstream_cost_usd = usage.upstream_cost_usd
         self.cost_usd = (
             self.upstream_cost_usd if self.upstream_cost_usd is not None else self.catalog_cost_usd
         )
+        if self.cost_usd is None and model is not None:
+            self.warnings.append(
+                f"{model} has no price in the catalog: cost not recorded "
+                "(switchboard models sync refreshes prices)"
+            )
+            log.warning("unpriced model %s: request %s has no cost", model, self.id)
 
     def row(self) -> dict[str, Any]:
         latency = self.elapsed_ms()
@@ -118,6 +132,9 @@ class RequestRecord:
             "end_user": self.end_user,
             "prompt": self.prompt,
             "response": self.response,
+            "reserved_usd": self.hold.amount_usd if self.hold else None,
+            "charged_usd": self.charged_usd,
+            "spend_control": self.spend_control,
         }
 
     def headers(self) -> dict[str, str]:
@@ -135,6 +152,10 @@ class RequestRecord:
         if self.cost_usd is not None:
             headers["x-switchboard-cost-usd"] = f"{self.cost_usd:.8f}"
         headers["x-switchboard-fallbacks"] = str(len(self.fallbacks))
+        if self.spend_control:
+            headers["x-switchboard-spend-control"] = self.spend_control
+        if self.warnings:
+            headers["x-switchboard-warning"] = "; ".join(self.warnings)
         headers["x-switchboard-overhead-ms"] = (
             f"{max(0.0, self.elapsed_ms() - self.upstream_ms):.2f}"
         )
@@ -152,4 +173,5 @@ class RequestRecord:
             "fallbacks": self.fallbacks,
             "cost_usd": self.cost_usd,
             "usage_estimated": self.usage_estimated,
+            "spend_control": self.spend_control,
         }

@@ -54,6 +54,11 @@ class ChatRequest(BaseModel):
         return messages
 
     @property
+    def auto(self) -> bool:
+        """Whether the router chooses the model (``switchboard/auto`` or no model at all)."""
+        return self.model in (None, AUTO_MODEL) and not self.models
+
+    @property
     def include_usage(self) -> bool:
         return bool((self.stream_options or {}).get("include_usage"))
 

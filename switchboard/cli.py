@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
+from switchboard.spend_cli import breaker_app, budget_app, models_app, reconcile
+
 app = typer.Typer(help="switchboard: a learned LLM router.", no_args_is_help=True)
 data_app = typer.Typer(help="The routing-outcomes dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -17,6 +19,10 @@ keys_app = typer.Typer(help="Tenants' API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 db_app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(budget_app, name="budget", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(breaker_app, name="breaker")
+app.command("reconcile")(reconcile)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -117,15 +123,19 @@ def keys_create(
     settings = Settings()
     upgrade(settings.database_url)
 
-    async def create() -> str:
+    async def create() -> tuple[str, int]:
         ledger = Ledger.connect(settings.async_database_url)
         try:
             return await ledger.create_key(tenant.strip())
         finally:
             await ledger.close()
 
-    key = asyncio.run(create())
-    typer.echo(f"created a key for tenant {tenant.strip()!r}; it is shown once:", err=True)
+    key, key_id = asyncio.run(create())
+    typer.echo(
+        f"created key {key_id} for tenant {tenant.strip()!r} (budget scope key:{key_id}); "
+        "it is shown once:",
+        err=True,
+    )
     typer.echo(key)
 
 
@@ -284,7 +294,8 @@ def bench(
 
 @app.command()
 def demo() -> None:
-    """Evaluate the shipped router on held-out data and route a few example prompts."""
+    """Serve held-out recorded traffic through the service on the replay upstream; print spend,
+    savings and quality."""
     _setup_logging()
     from training.demo import run_demo
 

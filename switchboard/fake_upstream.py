@@ -13,8 +13,9 @@ with ``stream_options.include_usage``, then ``data: [DONE]``. Errors have OpenRo
 Control API: ``POST /_control/faults`` ``{"model": id or "*", "fault": kind, "times": 1 (-1 =
 forever), "latency_ms"?, "retry_after"?}`` (``GET`` lists, ``DELETE`` clears the rules);
 ``GET /_control/requests`` logs every chat request (path, model, stream, body, headers with the
-Authorization value redacted, fault), ``DELETE`` clears it. Fault kinds: ``429 500 502 503``
-(``Retry-After`` when ``retry_after`` is given); ``timeout`` and ``slow_first_byte`` (wait
+Authorization value redacted, fault, and ``billed_usd``: what a provider would bill for the
+answer, or for the part streamed before a cut), ``DELETE`` clears it. Fault kinds: ``429 500
+502 503`` (``Retry-After`` when ``retry_after`` is given); ``timeout`` and ``slow_first_byte`` (wait
 ``latency_ms``, default 30 s and 1 s, then answer); ``reset`` (TCP RST instead of any response);
 ``malformed`` (200 whose body, or SSE data, is not JSON); for streams only, ``cut_stream`` (two
 content chunks, then the connection closes mid-body) and ``error_in_stream`` (one chunk, then an
@@ -369,12 +370,29 @@ async def _chat(request: Request) -> ASGIApp:
         return _error(int(kind), MESSAGES[int(kind)], retry)
     gen_id = state.next_generation_id()
     answer = _answer(body, model, gen_id, state.prices)
+    with state.lock:
+        entry["billed_usd"] = _billed(answer, model, state.prices, kind)
     if stream:
         return _stream(body, model, gen_id, answer, kind)
     if kind == "malformed":
         return Response(_broken(gen_id), media_type="application/json")
     completion = _completion(model, gen_id, answer)
     return JSONResponse(completion, headers={"X-Generation-Id": gen_id})
+
+
+STREAMED_BEFORE_FAILURE = {"cut_stream": 2, "error_in_stream": 1}  # content chunks sent
+
+
+def _billed(answer: _Answer, model: str, prices: Prices | None, kind: str) -> float | None:
+    """What a provider would bill for this answer: all of it, or the part streamed before a
+    cut; None for an unpriced model or an answer that never came (malformed)."""
+    if prices is None or model not in prices or kind == "malformed":
+        return None if kind != "malformed" else 0.0
+    sent = STREAMED_BEFORE_FAILURE.get(kind)
+    if sent is None:
+        return float(answer.usage["cost"])
+    prompt_price, completion_price = prices[model]
+    return answer.usage["prompt_tokens"] * prompt_price + sent * completion_price
 
 
 def _broken(gen_id: str) -> bytes:

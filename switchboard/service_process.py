@@ -45,10 +45,18 @@ class ServiceProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:
+        return self.launch().wait_ready()
+
+    def launch(self) -> ServiceProcess:
+        """Start the process without waiting (start several, then ``wait_ready`` each)."""
         command = [sys.executable, "-m", "switchboard", "serve", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--workers", str(self.workers)]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+        return self
+
+    def wait_ready(self) -> ServiceProcess:
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + self.start_timeout_s
         while True:
             try:

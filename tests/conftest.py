@@ -1,8 +1,10 @@
-"""Shared fixtures: the shipped outcomes table and catalog, and a deterministic fake embedder."""
+"""Shared fixtures: the shipped outcomes table and catalog, a deterministic fake embedder, and
+ledger databases (SQLite always; PostgreSQL too where SWITCHBOARD_TEST_POSTGRES_URL is set)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,6 +28,21 @@ class FakeEmbedder:
             vector = np.random.default_rng(seed).normal(size=self.dim)
             rows.append(vector / np.linalg.norm(vector))
         return np.asarray(rows, dtype=np.float32).reshape(len(rows), self.dim)
+
+
+BACKENDS = ["sqlite"] + (["postgres"] if os.environ.get("SWITCHBOARD_TEST_POSTGRES_URL") else [])
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def database_url(request, tmp_path_factory):
+    """A fresh, empty ledger database for the module, on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('ledger') / 'ledger.db'}"
+    else:
+        from tests.servers import postgres_database
+
+        with postgres_database(os.environ["SWITCHBOARD_TEST_POSTGRES_URL"]) as url:
+            yield url
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 
 import httpx
 import openai
@@ -17,10 +16,9 @@ from openai import AsyncOpenAI, OpenAI
 from service.config import Settings
 from service.providers.resilience import CircuitBreaker
 from switchboard.fake_upstream import FakeUpstreamServer, catalog_prices
-from tests.servers import ServiceServer, postgres_database
+from tests.servers import ServiceServer, upstream_settings
 
 ADMIN = "admin-secret-for-tests"
-BACKENDS = ["sqlite"] + (["postgres"] if os.environ.get("SWITCHBOARD_TEST_POSTGRES_URL") else [])
 PROMPT = "What is the boiling point of water at sea level in Celsius?"
 EXPLICIT = "openai/gpt-4o"
 
@@ -33,23 +31,12 @@ def upstream():
         yield server
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def database_url(request, tmp_path_factory):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('ledger') / 'ledger.db'}"
-    else:
-        with postgres_database(os.environ["SWITCHBOARD_TEST_POSTGRES_URL"]) as url:
-            yield url
-
-
 @pytest.fixture(scope="module")
 def service(upstream, database_url):
-    settings = Settings(
-        upstream="openrouter",
-        openrouter_base_url=upstream.url,
-        openrouter_api_key="upstream-key",
-        database_url=database_url,
-        admin_key=ADMIN,
+    settings = upstream_settings(
+        upstream.url,
+        database_url,
+        ADMIN,
         retries=2,
         backoff_base_s=0.01,
         backoff_max_s=0.05,
@@ -455,7 +442,8 @@ def test_a_10_mb_body_is_refused_with_413_and_nothing_recorded(service, key):
 
 async def _count_requests(state):
     from service.config import to_async_url
-    from service.ledger import Ledger, requests
+    from service.ledger import Ledger
+    from service.tables import requests
 
     ledger = Ledger.connect(to_async_url(state.settings.database_url))
     try:

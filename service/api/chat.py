@@ -32,8 +32,10 @@ async def chat_completions(request: Request) -> Response:
         chat: ChatRequest = parse(ChatRequest, await json_body(request))
         record.stream, record.end_user = chat.stream, chat.user
         controls = merge_controls(chat.switchboard, controls_from_headers(request.headers))
-        plan = state.gateway.plan(chat, controls, record)
-        body = chat.upstream_body()
+        await state.spend.refuse_if_breaker_open(principal)
+        steering = await state.spend.steer(principal) if chat.auto else None
+        plan = state.gateway.plan(chat, controls, record, steering)
+        body = await state.spend.bound(principal, plan.order, chat.upstream_body())
         prompt = prompt_text(body["messages"])
         if state.settings.store_content:
             record.prompt = prompt
@@ -52,7 +54,7 @@ async def chat_completions(request: Request) -> Response:
         return error.response(record.headers())
     finally:
         if not streaming:
-            await state.recorder.write(record)
+            await state.recorder.finish(record)
 
 
 async def _complete(
@@ -64,7 +66,7 @@ async def _complete(
         async with gateway.limits[provider.name].slot():
             return await provider.complete(model, body)
 
-    completion, model = await gateway.attempt_all(plan, record, call)
+    completion, model = await gateway.attempt_all(plan, record, call, body)
     record.served_model = model
     result = completion.body
     choices = result.get("choices") or [{}]
@@ -114,7 +116,7 @@ async def _open_stream(
             raise
         return first, upstream, resources
 
-    (first, upstream, resources), model = await gateway.attempt_all(plan, record, call)
+    (first, upstream, resources), model = await gateway.attempt_all(plan, record, call, body)
     record.served_model = model
     record.first_byte_ms = record.elapsed_ms()
     stream = relay(
@@ -125,7 +127,7 @@ async def _open_stream(
         state.catalog,
         prompt,
         include_usage,
-        state.recorder.finish_stream,
+        state.recorder.finish,
     )
     headers = {**record.headers(), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)

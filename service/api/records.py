@@ -73,5 +73,5 @@ async def create_key(request: Request) -> JSONResponse:
     tenant = body.get("tenant") if isinstance(body, dict) else None
     if not isinstance(tenant, str) or not tenant.strip() or len(tenant) > 200:
         raise InvalidRequest("tenant: a name of 1 to 200 characters is required", param="tenant")
-    key = await request.app.state.ledger.create_key(tenant.strip())
-    return JSONResponse({"tenant": tenant.strip(), "key": key}, status_code=201)
+    key, key_id = await request.app.state.ledger.create_key(tenant.strip())
+    return JSONResponse({"tenant": tenant.strip(), "key": key, "id": key_id}, status_code=201)

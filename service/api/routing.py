@@ -31,7 +31,8 @@ async def route(request: Request) -> dict[str, Any]:
     )
     controls = merge_controls(body.switchboard, controls_from_headers(request.headers))
     record = RequestRecord(principal, "route")
-    order = state.gateway.route(messages, controls, record)
+    steering = await state.spend.steer(principal)
+    order = state.gateway.route(messages, controls, record, steering)
     return {
         "model": record.chosen_model,
         "p_pass": record.p_pass,
@@ -40,6 +41,7 @@ async def route(request: Request) -> dict[str, Any]:
         "threshold": record.threshold,
         "router": record.router,
         "router_version": record.router_version,
+        "spend_control": record.spend_control,
         "fallback_order": order,
         "candidates": record.candidates,
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from service.ledger import metadata
+from service.tables import metadata
 
 ADVISORY_LOCK_ID = 7_240_511  # serializes replicas migrating one PostgreSQL database
 

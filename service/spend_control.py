@@ -1,0 +1,162 @@
+"""The gateway's side of budgets: which budgets a call counts against, holding its worst-case
+cost before the upstream call, settling the actual charge with the ledger row, and steering
+auto-routed requests when money runs short.
+
+Steering (for ``switchboard/auto`` only; explicit models run until a hard cap stops them):
+
+- soft landing: a budget with ``soft_landing_at`` whose remaining share of the limit falls below
+  it lowers the threshold to its ``soft_threshold`` and keeps to the cheaper half of the
+  candidates (expected cost at most the median);
+- pacing: a paced budget's controller state caps the threshold (service.pacing);
+- an open spend-spike breaker on the caller's tenant or on everyone refuses the request (402
+  ``spend_spike``) or, with ``SWITCHBOARD_SPIKE_ACTION=degrade``, steers like a soft landing at
+  ``SWITCHBOARD_DEGRADED_THRESHOLD``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.alerts import Alerts
+from service.budgets import Budget, BudgetExceeded, BudgetStore, Hold, Window, utc
+from service.catalog import Catalog
+from service.config import Settings
+from service.costs import bound_output, budget_charge, worst_case_cost
+from service.errors import PaymentRequired
+from service.ledger import Principal
+from service.record import RequestRecord
+from service.spend_breaker import SpendBreaker
+
+
+@dataclass
+class Steering:
+    """How spend controls bend one auto-routed request."""
+
+    threshold_cap: float | None = None
+    cheaper_half: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+    def tighten(self, cap: float | None, cheaper_half: bool, reason: str) -> None:
+        if cap is not None:
+            self.threshold_cap = cap if self.threshold_cap is None else min(self.threshold_cap, cap)
+        self.cheaper_half = self.cheaper_half or cheaper_half
+        self.reasons.append(reason)
+
+
+class SpendControl:
+    def __init__(
+        self,
+        store: BudgetStore,
+        alerts: Alerts,
+        catalog: Catalog,
+        settings: Settings,
+        breaker: SpendBreaker,
+    ):
+        self.store = store
+        self.alerts = alerts
+        self.catalog = catalog
+        self.settings = settings
+        self.breaker = breaker
+        self._windows: dict[int, tuple[float, Window]] = {}
+
+    async def _window(self, budget: Budget) -> Window:
+        """The budget's current window, cached like the budget list."""
+        cached = self._windows.get(budget.id)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        window = await self.store.window(budget)
+        self._windows[budget.id] = (time.monotonic() + self.settings.budget_refresh_s, window)
+        return window
+
+    async def refuse_if_breaker_open(self, principal: Principal) -> None:
+        """402 ``spend_spike`` while a breaker that rejects is open on the caller's tenant or
+        on everyone (any request, named model or not)."""
+        if self.settings.spike_action != "reject":
+            return
+        open_breakers = await self.breaker.open_scopes()
+        for scope in ("global", f"tenant:{principal.tenant}"):
+            breaker = open_breakers.get(scope)
+            if breaker is not None:
+                until = breaker["open_until"]
+                raise PaymentRequired(
+                    f"the spend breaker for {scope} is open: {breaker['reason']}; it closes "
+                    f"{'at ' + utc(until).isoformat() if until else 'when an operator resets it'}",
+                    param="budget",
+                    code="spend_spike",
+                )
+
+    async def steer(self, principal: Principal) -> Steering:
+        """The steering for the caller's next auto-routed request."""
+        steering = Steering()
+        if self.settings.spike_action == "degrade":
+            open_breakers = await self.breaker.open_scopes()
+            for scope in ("global", f"tenant:{principal.tenant}"):
+                if scope in open_breakers:
+                    reason = f"spend_spike {scope}"
+                    steering.tighten(self.settings.degraded_threshold, True, reason)
+        for budget in await self.applicable(principal, None):
+            if budget.scope.startswith("model:"):
+                continue
+            if budget.soft_landing_at is not None and budget.limit_usd > 0:
+                window = await self._window(budget)
+                if window.remaining_usd / budget.limit_usd < budget.soft_landing_at:
+                    steering.tighten(budget.soft_threshold, True, f"soft_landing {budget.scope}")
+            state = budget.pacing_state or {}
+            if budget.pacing and state.get("threshold") is not None:
+                steering.tighten(float(state["threshold"]), False, f"pacing {budget.scope}")
+        return steering
+
+    async def applicable(self, principal: Principal, model: str | None) -> list[Budget]:
+        return [b for b in await self.store.all() if b.applies(principal, model)]
+
+    async def bound(
+        self, principal: Principal, models: list[str], body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The upstream body, with ``max_tokens`` set if a budget may apply and it has none."""
+        for model in models:
+            if await self.applicable(principal, model):
+                return bound_output(body, self.settings)
+        return body
+
+    async def hold(self, record: RequestRecord, model: str, body: dict[str, Any]) -> Hold | None:
+        """Reserve the call's worst-case cost on every budget it counts against (402 if one has
+        no room); None when no budget applies."""
+        applicable = await self.applicable(record.principal, model)
+        if not applicable:
+            return None
+        info = self.catalog.get(model) if model in self.catalog else None
+        try:
+            amount = worst_case_cost(info, body, self.settings)
+        except LookupError:
+            raise PaymentRequired(
+                f"{model} has no price in the catalog and a budget applies; budgets block "
+                "unpriced models (SWITCHBOARD_UNPRICED_POLICY=fallback prices them instead)",
+                param="model",
+                code="unpriced_model",
+            ) from None
+        ttl = self.settings.request_timeout_s + 60
+        try:
+            return await self.store.reserve(applicable, amount, f"{record.id}:{model}", ttl)
+        except BudgetExceeded as exceeded:
+            if 1.0 in exceeded.window.budget.alert_at:  # exhausted: the 100 % alert, once
+                await self.alerts.budget_threshold(exceeded.window, 1.0, amount)
+            raise
+
+    async def release(self, hold: Hold) -> None:
+        await self.store.release(hold)
+
+    def charge(self, record: RequestRecord) -> float:
+        """What the call costs its budgets: nothing unless an answer (or part of one) came."""
+        if record.served_model is None:
+            return 0.0
+        return budget_charge(
+            record.cost_usd, record.prompt_tokens, record.completion_tokens, self.settings
+        )
+
+    async def settle(self, conn: AsyncConnection, record: RequestRecord) -> list[Window]:
+        assert record.hold is not None
+        return await self.store.settle(conn, record.hold, record.charged_usd or 0.0)

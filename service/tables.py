@@ -1,0 +1,148 @@
+"""Every table of the ledger database, in SQLAlchemy Core (the migrations create them).
+
+Money is in USD as double precision; times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+UTC_TIME = sa.DateTime(timezone=True)
+DOUBLE = sa.Float(precision=53)
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("created_at", UTC_TIME, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("tenant_id", sa.Integer, sa.ForeignKey("tenants.id"), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("key_prefix", sa.String(16), nullable=False),
+    sa.Column("created_at", UTC_TIME, nullable=False),
+    sa.Column("revoked_at", UTC_TIME, nullable=True),
+)
+
+requests = sa.Table(
+    "requests",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("created_at", UTC_TIME, nullable=False, index=True),
+    sa.Column("tenant_id", sa.Integer, nullable=False, index=True),
+    sa.Column("api_key_id", sa.Integer, nullable=True),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("requested_model", sa.String(200), nullable=True),
+    sa.Column("router", sa.String(64), nullable=True),
+    sa.Column("router_version", sa.String(64), nullable=True),
+    sa.Column("arm", sa.String(64), nullable=True),
+    sa.Column("threshold", DOUBLE, nullable=True),
+    sa.Column("candidates", sa.JSON, nullable=True),
+    sa.Column("propensity", DOUBLE, nullable=True),
+    sa.Column("chosen_model", sa.String(200), nullable=True),
+    sa.Column("served_model", sa.String(200), nullable=True),
+    sa.Column("fallbacks", sa.JSON, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("stream", sa.Boolean, nullable=False, default=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("http_status", sa.Integer, nullable=False),
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("prompt_tokens", sa.Integer, nullable=True),
+    sa.Column("completion_tokens", sa.Integer, nullable=True),
+    sa.Column("cost_usd", DOUBLE, nullable=True),
+    sa.Column("catalog_cost_usd", DOUBLE, nullable=True),
+    sa.Column("upstream_cost_usd", DOUBLE, nullable=True),
+    sa.Column("latency_ms", DOUBLE, nullable=False),
+    sa.Column("upstream_ms", DOUBLE, nullable=True),
+    sa.Column("overhead_ms", DOUBLE, nullable=True),
+    sa.Column("first_byte_ms", DOUBLE, nullable=True),
+    sa.Column("end_user", sa.String(200), nullable=True),
+    sa.Column("prompt", sa.Text, nullable=True),
+    sa.Column("response", sa.Text, nullable=True),
+    sa.Column("reserved_usd", DOUBLE, nullable=True),  # budget hold of the served attempt
+    sa.Column("charged_usd", DOUBLE, nullable=True),  # what budgets were charged
+    sa.Column("spend_control", sa.String(300), nullable=True),  # soft landing, pacing, spike
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), sa.ForeignKey("requests.id"), nullable=False),
+    sa.Column("tenant_id", sa.Integer, nullable=False),
+    sa.Column("score", DOUBLE, nullable=False),
+    sa.Column("comment", sa.Text, nullable=True),
+    sa.Column("created_at", UTC_TIME, nullable=False),
+    sa.Index("ix_feedback_request_id", "request_id"),
+)
+
+budgets = sa.Table(
+    "budgets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("scope", sa.String(300), nullable=False),  # global, tenant:N, key:ID, model:ID
+    sa.Column("period", sa.String(8), nullable=False),  # day, week, month, total
+    sa.Column("limit_usd", DOUBLE, nullable=False),
+    sa.Column("alert_at", sa.JSON, nullable=False),  # fractions of the limit
+    sa.Column("webhook_url", sa.Text, nullable=True),
+    sa.Column("email", sa.Text, nullable=True),
+    sa.Column("soft_landing_at", DOUBLE, nullable=True),  # remaining fraction that starts it
+    sa.Column("soft_threshold", DOUBLE, nullable=True),
+    sa.Column("pacing", sa.Boolean, nullable=False, default=False),
+    sa.Column("pacing_state", sa.JSON, nullable=True),
+    sa.Column("created_at", UTC_TIME, nullable=False),
+    sa.Column("updated_at", UTC_TIME, nullable=False),
+    sa.UniqueConstraint("scope", "period", name="uq_budgets_scope_period"),
+)
+
+budget_windows = sa.Table(
+    "budget_windows",
+    metadata,
+    sa.Column("budget_id", sa.Integer, sa.ForeignKey("budgets.id", ondelete="CASCADE")),
+    sa.Column("period_start", UTC_TIME),
+    sa.Column("spent_usd", DOUBLE, nullable=False, default=0.0),
+    sa.Column("reserved_usd", DOUBLE, nullable=False, default=0.0),
+    sa.Column("requests", sa.Integer, nullable=False, default=0),
+    sa.PrimaryKeyConstraint("budget_id", "period_start"),
+)
+
+budget_reservations = sa.Table(
+    "budget_reservations",
+    metadata,
+    sa.Column("id", sa.String(120), primary_key=True),  # request id, model, budget id
+    sa.Column("budget_id", sa.Integer, nullable=False),
+    sa.Column("period_start", UTC_TIME, nullable=False),
+    sa.Column("amount_usd", DOUBLE, nullable=False),
+    sa.Column("expires_at", UTC_TIME, nullable=False, index=True),
+)
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dedupe_key", sa.String(300), nullable=False, unique=True),  # once per crossing
+    sa.Column("kind", sa.String(32), nullable=False),  # budget_threshold, spend_spike
+    sa.Column("budget_id", sa.Integer, nullable=True, index=True),
+    sa.Column("scope", sa.String(300), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("created_at", UTC_TIME, nullable=False),
+    sa.Column("webhook_status", sa.String(200), nullable=True),
+    sa.Column("email_status", sa.String(200), nullable=True),
+)
+
+spend_breakers = sa.Table(
+    "spend_breakers",
+    metadata,
+    sa.Column("scope", sa.String(300), primary_key=True),  # global or tenant:NAME
+    sa.Column("tripped_at", UTC_TIME, nullable=False),
+    sa.Column("open_until", UTC_TIME, nullable=True),  # null: until reset
+    sa.Column("reason", sa.Text, nullable=False),
+)

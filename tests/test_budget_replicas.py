@@ -1,0 +1,105 @@
+"""A hard cap holds across two server processes sharing one database: 200 concurrent requests
+against a budget that allows 50."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from service.budgets import BudgetStore
+from service.catalog import Catalog
+from service.config import to_async_url, to_sync_url
+from service.ledger import Ledger
+from service.migrate import upgrade
+from service.tables import budget_reservations, requests
+from switchboard.fake_upstream import FakeUpstreamServer, catalog_prices
+from switchboard.service_process import ServiceProcess
+
+pytestmark = pytest.mark.slow
+MODEL = "openai/gpt-4o-mini"
+WORDS = "a " * 40  # 40 prompt tokens at the fake upstream; its answer is 41 tokens
+REQUESTS, ALLOWED = 200, 50
+
+
+def per_call_cost() -> float:
+    info = Catalog.load().get(MODEL)
+    assert info.prompt_usd_per_token and info.completion_usd_per_token
+    return 40 * info.prompt_usd_per_token + 41 * info.completion_usd_per_token
+
+
+async def prepare(database_url: str, limit_usd: float) -> tuple[str, int]:
+    ledger = Ledger.connect(to_async_url(database_url))
+    try:
+        key, _ = await ledger.create_key("shared")
+        budget = await BudgetStore(ledger.engine).put("tenant:shared", "total", limit_usd)
+        return key, budget.id
+    finally:
+        await ledger.close()
+
+
+async def flood(urls: list[str], key: str) -> list[int]:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": WORDS}], "max_tokens": 41}
+    limits = httpx.Limits(max_connections=REQUESTS)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+        async def one(i: int) -> int:
+            response = await client.post(
+                f"{urls[i % len(urls)]}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            if response.status_code == 402:
+                assert response.json()["error"]["code"] == "budget_exceeded"
+            return response.status_code
+
+        return await asyncio.gather(*(one(i) for i in range(REQUESTS)))
+
+
+def test_two_processes_never_spend_past_a_hard_cap(database_url, tmp_path):
+    upgrade(database_url)
+    limit = ALLOWED * per_call_cost()
+    key, budget_id = asyncio.run(prepare(database_url, limit))
+    with FakeUpstreamServer(catalog_prices([MODEL])) as upstream:
+        # each answer takes 50 ms upstream, so requests overlap in both processes
+        rule = {"model": "*", "fault": "none", "latency_ms": 50, "times": -1}
+        httpx.post(f"{upstream.control_url}/faults", json=rule).raise_for_status()
+        env: dict[str, str | None] = {
+            "SWITCHBOARD_DATABASE_URL": database_url,
+            "SWITCHBOARD_OPENROUTER_BASE_URL": upstream.url,
+            "OPENROUTER_API_KEY": "upstream-key",
+            "SWITCHBOARD_UPSTREAM": "openrouter",
+            "SWITCHBOARD_BUDGET_REFRESH_S": "0",
+        }
+        replicas = [ServiceProcess(env, log_path=tmp_path / f"replica{i}.log") for i in (1, 2)]
+        for replica in replicas:
+            replica.launch()
+        try:
+            for replica in replicas:
+                replica.wait_ready()
+            statuses = asyncio.run(flood([r.url for r in replicas], key))
+        finally:
+            for replica in replicas:
+                replica.stop()
+    served = statuses.count(200)
+    assert set(statuses) <= {200, 402} and 0 < served <= ALLOWED
+    engine = sa.create_engine(to_sync_url(database_url))
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(requests.c.http_status, requests.c.cost_usd)).all()
+        window = conn.execute(
+            sa.text("SELECT spent_usd, reserved_usd FROM budget_windows WHERE budget_id = :b"),
+            {"b": budget_id},
+        ).one()
+        holds = conn.scalar(sa.select(sa.func.count()).select_from(budget_reservations))
+    engine.dispose()
+    assert len(rows) == REQUESTS  # every request has its row, served or refused
+    assert sorted(status for status, _ in rows) == sorted(statuses)
+    ledger_total = sum(cost for status, cost in rows if status == 200)
+    assert window.spent_usd <= limit * (1 + 1e-9)
+    assert window.spent_usd == pytest.approx(ledger_total, rel=1e-9)
+    assert ledger_total == pytest.approx(served * per_call_cost(), rel=1e-6)
+    assert window.reserved_usd == pytest.approx(0, abs=1e-12) and holds == 0
+    print(f"\n{os.path.basename(database_url)}: {served} served, {REQUESTS - served} refused")
