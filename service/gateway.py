@@ -122,11 +122,12 @@ class Gateway:
         controls: RoutingControls,
         record: RequestRecord,
         steering: Steering | None = None,
+        max_output_tokens: int | None = None,
     ) -> list[str]:
         """Score the candidates, decide, and return the ordered models to try."""
         prompt = prompt_text(messages)
         models = self.candidates(messages, controls)
-        cost = expected_costs([prompt], models, self.catalog)[0]
+        cost = expected_costs([prompt], models, self.catalog, max_output_tokens)[0]
         if steering is not None and steering.cheaper_half:
             models, cost = cheaper_half(models, cost)
         if controls.router == "heuristic":
@@ -179,7 +180,8 @@ class Gateway:
         record.requested_model = request.model or (request.models[0] if request.models else None)
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
         if request.auto:
-            return Plan(self.route(messages, controls, record, steering), auto=True)
+            limit = request.max_completion_tokens or request.max_tokens
+            return Plan(self.route(messages, controls, record, steering, limit), auto=True)
         if request.model == AUTO_MODEL:
             raise InvalidRequest(
                 "use either model switchboard/auto or a models list", param="models"

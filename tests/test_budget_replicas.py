@@ -4,6 +4,7 @@ against a budget that allows 50."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 import httpx
@@ -15,9 +16,10 @@ from service.catalog import Catalog
 from service.config import to_async_url, to_sync_url
 from service.ledger import Ledger
 from service.migrate import upgrade
-from service.tables import budget_reservations, requests
+from service.tables import alerts, budget_reservations, requests
 from switchboard.fake_upstream import FakeUpstreamServer, catalog_prices
 from switchboard.service_process import ServiceProcess
+from tests.servers import WebhookReceiver
 
 pytestmark = pytest.mark.slow
 MODEL = "openai/gpt-4o-mini"
@@ -31,11 +33,12 @@ def per_call_cost() -> float:
     return 40 * info.prompt_usd_per_token + 41 * info.completion_usd_per_token
 
 
-async def prepare(database_url: str, limit_usd: float) -> tuple[str, int]:
+async def prepare(database_url: str, limit_usd: float, webhook: str) -> tuple[str, int]:
     ledger = Ledger.connect(to_async_url(database_url))
     try:
         key, _ = await ledger.create_key("shared")
-        budget = await BudgetStore(ledger.engine).put("tenant:shared", "total", limit_usd)
+        store = BudgetStore(ledger.engine)
+        budget = await store.put("tenant:shared", "total", limit_usd, webhook_url=webhook)
         return key, budget.id
     finally:
         await ledger.close()
@@ -59,11 +62,11 @@ async def flood(urls: list[str], key: str) -> list[int]:
         return await asyncio.gather(*(one(i) for i in range(REQUESTS)))
 
 
-def test_two_processes_never_spend_past_a_hard_cap(database_url, tmp_path):
+def test_two_processes_never_spend_past_a_hard_cap_and_alert_once(database_url, tmp_path):
     upgrade(database_url)
     limit = ALLOWED * per_call_cost()
-    key, budget_id = asyncio.run(prepare(database_url, limit))
-    with FakeUpstreamServer(catalog_prices([MODEL])) as upstream:
+    with WebhookReceiver() as hook, FakeUpstreamServer(catalog_prices([MODEL])) as upstream:
+        key, budget_id = asyncio.run(prepare(database_url, limit, hook.url))
         # each answer takes 50 ms upstream, so requests overlap in both processes
         rule = {"model": "*", "fault": "none", "latency_ms": 50, "times": -1}
         httpx.post(f"{upstream.control_url}/faults", json=rule).raise_for_status()
@@ -73,6 +76,7 @@ def test_two_processes_never_spend_past_a_hard_cap(database_url, tmp_path):
             "OPENROUTER_API_KEY": "upstream-key",
             "SWITCHBOARD_UPSTREAM": "openrouter",
             "SWITCHBOARD_BUDGET_REFRESH_S": "0",
+            "SWITCHBOARD_ALLOW_PRIVATE_WEBHOOKS": "true",
         }
         replicas = [ServiceProcess(env, log_path=tmp_path / f"replica{i}.log") for i in (1, 2)]
         for replica in replicas:
@@ -83,7 +87,8 @@ def test_two_processes_never_spend_past_a_hard_cap(database_url, tmp_path):
             statuses = asyncio.run(flood([r.url for r in replicas], key))
         finally:
             for replica in replicas:
-                replica.stop()
+                replica.stop()  # graceful: pending alert deliveries finish first
+        posted = sorted(json.loads(body)["threshold"] for _, body in hook.received)
     served = statuses.count(200)
     assert set(statuses) <= {200, 402} and 0 < served <= ALLOWED
     engine = sa.create_engine(to_sync_url(database_url))
@@ -94,6 +99,7 @@ def test_two_processes_never_spend_past_a_hard_cap(database_url, tmp_path):
             {"b": budget_id},
         ).one()
         holds = conn.scalar(sa.select(sa.func.count()).select_from(budget_reservations))
+        alerted = conn.execute(sa.select(alerts.c.dedupe_key)).all()
     engine.dispose()
     assert len(rows) == REQUESTS  # every request has its row, served or refused
     assert sorted(status for status, _ in rows) == sorted(statuses)
@@ -102,4 +108,6 @@ def test_two_processes_never_spend_past_a_hard_cap(database_url, tmp_path):
     assert window.spent_usd == pytest.approx(ledger_total, rel=1e-9)
     assert ledger_total == pytest.approx(served * per_call_cost(), rel=1e-6)
     assert window.reserved_usd == pytest.approx(0, abs=1e-12) and holds == 0
+    # 50 %, 80 % and 100 % crossed by two processes at once: each alerted exactly once
+    assert len(alerted) == 3 and posted == [0.5, 0.8, 1.0]
     print(f"\n{os.path.basename(database_url)}: {served} served, {REQUESTS - served} refused")

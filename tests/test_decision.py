@@ -62,3 +62,13 @@ def test_expected_cost_uses_prompt_length_and_typical_answer_length(catalog):
     costs = expected_costs(["x" * 400], ["openai/gpt-4-1106-preview"], catalog)
     typical = catalog.get("openai/gpt-4-1106-preview").typical_output_tokens
     assert costs[0, 0] == pytest.approx(100 * 10e-6 + typical * 30e-6)
+
+
+def test_expected_costs_bound_the_answer_by_the_requests_max_tokens(catalog):
+    models = ["openai/gpt-4-1106-preview", "mistralai/mixtral-8x7b-instruct"]
+    free = expected_costs(["Explain entropy."], models, catalog)
+    capped = expected_costs(["Explain entropy."], models, catalog, max_output_tokens=1)
+    assert (capped < free).all()
+    prompt_only = expected_costs(["Explain entropy."], models, catalog, max_output_tokens=0)
+    info = catalog.get(models[0])
+    assert capped[0, 0] - prompt_only[0, 0] == pytest.approx(info.completion_usd_per_token)

@@ -43,11 +43,16 @@ class Decision:
     router: str
 
 
-def expected_costs(prompts: Sequence[str], models: Sequence[str], catalog: Catalog) -> np.ndarray:
+def expected_costs(
+    prompts: Sequence[str],
+    models: Sequence[str],
+    catalog: Catalog,
+    max_output_tokens: int | None = None,
+) -> np.ndarray:
     """Expected USD cost of sending each prompt to each model; NaN for an unpriced model.
 
     Input tokens are estimated from the prompt, output tokens are the model's typical answer
-    length from the catalog.
+    length from the catalog, at most the request's ``max_output_tokens``.
     """
     input_tokens = np.array([estimate_tokens(p) for p in prompts], dtype=float)[:, None]
     prompt_price = np.full(len(models), np.nan)
@@ -58,9 +63,10 @@ def expected_costs(prompts: Sequence[str], models: Sequence[str], catalog: Catal
             assert info.prompt_usd_per_token is not None
             assert info.completion_usd_per_token is not None
             prompt_price[j] = info.prompt_usd_per_token
-            completion_cost[j] = (
-                info.typical_output_tokens or 0
-            ) * info.completion_usd_per_token + info.request_usd
+            output_tokens = info.typical_output_tokens or 0
+            if max_output_tokens is not None:
+                output_tokens = min(output_tokens, max_output_tokens)
+            completion_cost[j] = output_tokens * info.completion_usd_per_token + info.request_usd
     return input_tokens * prompt_price[None, :] + completion_cost[None, :]
 
 
