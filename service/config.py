@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     catalog_path: Path = REPO_ROOT / "models" / "catalog.json"
     replay_outcomes_path: Path = REPO_ROOT / "datasets" / "outcomes.parquet"
     default_threshold: float | None = None  # None: the router's own default
+    reference_model: str | None = None  # savings are against it; None: the dearest router model
 
     max_body_bytes: int = 4 * 1024 * 1024
     retries: int = 2  # per model, after the first attempt

@@ -17,7 +17,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.alerts import Alerts
-from service.api import budgets, chat, health, records, routing
+from service.analytics import Analytics, default_reference
+from service.api import analytics, budgets, chat, dashboard, health, records, routing
 from service.auth import ADMIN_TENANT, LOCAL_TENANT
 from service.budgets import BudgetStore
 from service.catalog import Catalog
@@ -158,6 +159,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.recorder = Recorder(ledger, metrics, state.spend)
         default_threshold = settings.default_threshold or router.default_threshold
         state.pacer = Pacer(ledger.engine, state.budgets, default_threshold)
+        reference = settings.reference_model or default_reference(catalog, router.models)
+        state.analytics = Analytics(ledger.engine, catalog, reference)
         state.shutting_down = False
         upkeep = asyncio.create_task(maintain(state))
         local_id = await ledger.ensure_tenant(LOCAL_TENANT)
@@ -175,7 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ledger.close()
 
     app = FastAPI(title="switchboard", lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    for module in (chat, routing, records, budgets, health):
+    for module in (chat, routing, records, budgets, analytics, dashboard, health):
         app.include_router(module.router)
 
     @app.exception_handler(APIError)

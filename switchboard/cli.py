@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from switchboard.report import report
 from switchboard.spend_cli import breaker_app, budget_app, models_app, reconcile
 
 app = typer.Typer(help="switchboard: a learned LLM router.", no_args_is_help=True)
@@ -23,6 +24,7 @@ app.add_typer(budget_app, name="budget", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(breaker_app, name="breaker")
 app.command("reconcile")(reconcile)
+app.command("report")(report)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
