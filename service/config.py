@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     catalog_path: Path = REPO_ROOT / "models" / "catalog.json"
     replay_outcomes_path: Path = REPO_ROOT / "datasets" / "outcomes.parquet"
     default_threshold: float | None = None  # None: the router's own default
+    exploration_rate: float = Field(0.0, ge=0.0, le=1.0)  # share routed at random (propensity)
+    challenger_dir: Path | None = None  # a second learned router, for experiment arms
+    upkeep_interval_s: float = 30.0  # sweeps, breakers, pacing, experiments, champion pickup
     reference_model: str | None = None  # savings are against it; None: the dearest router model
 
     max_body_bytes: int = 4 * 1024 * 1024

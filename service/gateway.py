@@ -40,6 +40,7 @@ from service.providers.replay import HOW_TO_CONFIGURE, NoRecording, ReplayProvid
 from service.providers.resilience import CircuitBreaker, ConcurrencyLimit, backoff_delay
 from service.record import RequestRecord
 from service.routing.decision import NoCandidateError, decide, expected_costs
+from service.routing.exploration import explore
 from service.routing.heuristic import HeuristicRouter
 from service.routing.learned import LearnedRouter
 from service.schemas import AUTO_MODEL, ChatRequest, RoutingControls
@@ -54,6 +55,16 @@ class Plan:
     auto: bool
 
 
+@dataclass
+class RouteContext:
+    """What shapes one auto-routed decision besides the request's controls."""
+
+    steering: Steering | None = None
+    max_output_tokens: int | None = None
+    arm: str | None = None  # "<experiment>:<arm>" when an experiment assigned the router
+    arm_router: str | None = None  # champion, challenger or heuristic
+
+
 class Gateway:
     """Routing, upstream calls and their resilience, shared by all requests of one process."""
 
@@ -65,8 +76,10 @@ class Gateway:
         providers: list[Provider],
         on_upstream_error: Callable[[str, str], None] | None = None,
         spend: SpendControl | None = None,
+        challenger: LearnedRouter | None = None,
     ):
         self.spend = spend
+        self.challenger = challenger
         self.on_upstream_error = on_upstream_error or (lambda model, kind: None)
         self.settings = settings
         self.catalog = catalog
@@ -121,21 +134,27 @@ class Gateway:
         messages: list[dict[str, Any]],
         controls: RoutingControls,
         record: RequestRecord,
-        steering: Steering | None = None,
-        max_output_tokens: int | None = None,
+        context: RouteContext | None = None,
     ) -> list[str]:
-        """Score the candidates, decide, and return the ordered models to try."""
+        """Score the candidates, decide (exploring at the configured rate), and return the
+        ordered models to try."""
+        context = context or RouteContext()
+        steering = context.steering
         prompt = prompt_text(messages)
         models = self.candidates(messages, controls)
-        cost = expected_costs([prompt], models, self.catalog, max_output_tokens)[0]
+        cost = expected_costs([prompt], models, self.catalog, context.max_output_tokens)[0]
         if steering is not None and steering.cheaper_half:
             models, cost = cheaper_half(models, cost)
-        if controls.router == "heuristic":
+        which = {"learned": "champion", None: "champion"}.get(controls.router, controls.router)
+        if controls.router is None and context.arm_router is not None:
+            which, record.arm = context.arm_router, context.arm
+        if which == "heuristic":
             p_pass = self.heuristic.p_pass([prompt], models, cost[None, :])[0]
             router_name, version = self.heuristic.name, self.heuristic.version
         else:
-            p_pass = self.router.p_pass([prompt], models)[0]
-            router_name, version = self.router.name, self.router.version
+            learned = self.challenger if which == "challenger" and self.challenger else self.router
+            p_pass = learned.p_pass([prompt], models)[0]
+            router_name, version = learned.name, learned.version
         threshold = controls.quality_threshold
         if threshold is None:
             threshold = self.settings.default_threshold
@@ -156,18 +175,24 @@ class Gateway:
             {"model": c.model, "p_pass": c.p_pass, "expected_cost_usd": c.expected_cost_usd}
             for c in decision.candidates
         ]
-        record.chosen_model, record.p_pass, record.propensity = decision.model, decision.p_pass, 1.0
         record.rule = decision.rule
-        if not math.isnan(decision.expected_cost_usd):
-            record.expected_cost_usd = decision.expected_cost_usd
         within_cap = [
             j
             for j in range(len(models))
             if controls.max_cost_usd is None or cost[j] <= controls.max_cost_usd
         ]
+        considered = [models[j] for j in within_cap if not math.isnan(cost[j])]
+        chosen, propensity = explore(
+            record.id, decision.model, considered, self.settings.exploration_rate
+        )
+        index = models.index(chosen)
+        record.chosen_model, record.p_pass = chosen, float(p_pass[index])
+        record.propensity = propensity
+        if not math.isnan(cost[index]):
+            record.expected_cost_usd = float(cost[index])
         clearing = sorted((j for j in within_cap if p_pass[j] >= threshold), key=lambda j: cost[j])
         rest = sorted((j for j in within_cap if p_pass[j] < threshold), key=lambda j: -p_pass[j])
-        order = [decision.model] + [models[j] for j in clearing + rest]
+        order = [chosen, decision.model] + [models[j] for j in clearing + rest]
         return list(dict.fromkeys(order))
 
     def plan(
@@ -175,13 +200,14 @@ class Gateway:
         request: ChatRequest,
         controls: RoutingControls,
         record: RequestRecord,
-        steering: Steering | None = None,
+        context: RouteContext | None = None,
     ) -> Plan:
         record.requested_model = request.model or (request.models[0] if request.models else None)
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
         if request.auto:
-            limit = request.max_completion_tokens or request.max_tokens
-            return Plan(self.route(messages, controls, record, steering, limit), auto=True)
+            context = context or RouteContext()
+            context.max_output_tokens = request.max_completion_tokens or request.max_tokens
+            return Plan(self.route(messages, controls, record, context), auto=True)
         if request.model == AUTO_MODEL:
             raise InvalidRequest(
                 "use either model switchboard/auto or a models list", param="models"

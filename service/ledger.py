@@ -200,7 +200,12 @@ class Ledger:
             return [dict(row._mapping) for row in await conn.execute(query)]
 
     async def add_feedback(
-        self, request_id: str, tenant_id: int, score: float, comment: str | None
+        self,
+        request_id: str,
+        tenant_id: int,
+        score: float,
+        comment: str | None,
+        source: str = "user",
     ) -> int:
         async with self.engine.begin() as conn:
             result = await conn.execute(
@@ -210,6 +215,7 @@ class Ledger:
                     score=score,
                     comment=comment,
                     created_at=now(),
+                    source=source,
                 )
             )
         return int(result.inserted_primary_key[0])  # type: ignore[index]

@@ -4,6 +4,7 @@ the lifespan. ``switchboard serve`` runs it under uvicorn."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,12 +19,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.alerts import Alerts
 from service.analytics import Analytics, default_reference
-from service.api import analytics, budgets, chat, dashboard, health, records, routing
+from service.api import (
+    analytics,
+    budgets,
+    chat,
+    dashboard,
+    experiments,
+    health,
+    records,
+    routing,
+)
 from service.auth import ADMIN_TENANT, LOCAL_TENANT
 from service.budgets import BudgetStore
 from service.catalog import Catalog
 from service.config import Settings
 from service.errors import APIError, InvalidRequest, NotFound, PayloadTooLarge
+from service.experiments import ExperimentStore
 from service.gateway import Gateway
 from service.ledger import Ledger, Principal
 from service.metrics import Metrics
@@ -37,7 +48,6 @@ from service.spend_breaker import SpendBreaker
 from service.spend_control import SpendControl
 
 log = logging.getLogger("switchboard")
-UPKEEP_INTERVAL_S = 30.0
 
 
 def build_providers(settings: Settings, client: httpx.AsyncClient) -> list[Provider]:
@@ -101,16 +111,34 @@ class BodySizeLimit:
         await self.app(scope, counted, send)
 
 
+async def reload_router(state: Any) -> bool:
+    """Load the router in ``router_dir`` if its version changed, warm it up, and swap it in:
+    requests in flight finish on the old one, none is dropped."""
+    settings, gateway = state.settings, state.gateway
+    path = settings.router_dir / "router.json"
+    version = json.loads(path.read_text()).get("version", "unversioned")
+    if version == gateway.router.version:
+        return False
+    fresh = await asyncio.to_thread(LearnedRouter.load, settings.router_dir)
+    await asyncio.to_thread(fresh.p_pass, ["warm up"], fresh.models)
+    gateway.router = fresh
+    log.warning("now serving router %s (was %s)", fresh.version, state.router_version)
+    state.router_version = fresh.version
+    return True
+
+
 async def maintain(state: Any) -> None:
     """Periodic upkeep in every replica (each step is safe to run concurrently in several):
     release the budget holds of requests whose process died, trip spend breakers, recompute
-    budget pacing."""
+    budget pacing, stop experiments with a significantly worse arm, pick up a new champion."""
     while True:
-        await asyncio.sleep(UPKEEP_INTERVAL_S)
+        await asyncio.sleep(state.settings.upkeep_interval_s)
         try:
             await state.budgets.sweep()
             await state.breaker.check()
             await state.pacer.update_all()
+            await state.experiments.check_stop()
+            await reload_router(state)
         except Exception:  # upkeep must outlive a database hiccup
             log.exception("upkeep failed")
 
@@ -148,6 +176,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.alerts = Alerts(ledger.engine, settings, client)
         state.breaker = SpendBreaker(ledger.engine, settings, state.alerts)
         state.spend = SpendControl(state.budgets, state.alerts, catalog, settings, state.breaker)
+        challenger = None
+        if settings.challenger_dir is not None:
+            challenger = await asyncio.to_thread(LearnedRouter.load, settings.challenger_dir)
         state.gateway = Gateway(
             settings,
             catalog,
@@ -155,13 +186,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             build_providers(settings, client),
             metrics.upstream_error,
             state.spend,
+            challenger,
         )
+        state.experiments = ExperimentStore(ledger.engine, settings.budget_refresh_s)
         state.recorder = Recorder(ledger, metrics, state.spend)
         default_threshold = settings.default_threshold or router.default_threshold
         state.pacer = Pacer(ledger.engine, state.budgets, default_threshold)
         reference = settings.reference_model or default_reference(catalog, router.models)
         state.analytics = Analytics(ledger.engine, catalog, reference)
         state.shutting_down = False
+        state.router_version = router.version
         upkeep = asyncio.create_task(maintain(state))
         local_id = await ledger.ensure_tenant(LOCAL_TENANT)
         admin_id = await ledger.ensure_tenant(ADMIN_TENANT)
@@ -178,7 +212,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ledger.close()
 
     app = FastAPI(title="switchboard", lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    for module in (chat, routing, records, budgets, analytics, dashboard, health):
+    for module in (chat, routing, records, budgets, analytics, experiments, dashboard, health):
         app.include_router(module.router)
 
     @app.exception_handler(APIError)

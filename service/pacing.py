@@ -13,7 +13,8 @@ For a paced budget the controller looks at the scope's recent traffic:
 If the spend so far plus the forecast at the default threshold stays within the limit, nothing
 changes. Otherwise the threshold becomes the highest grid value whose projection fits (never
 below ``FLOOR``). The state (threshold, projections, forecast) is stored on the budget, so every
-replica applies it and the API and dashboard show it. Upkeep recomputes it every 30 seconds.
+replica applies it and the API and dashboard show it. Upkeep recomputes it every
+``SWITCHBOARD_UPKEEP_INTERVAL_S`` (30 s by default).
 """
 
 from __future__ import annotations

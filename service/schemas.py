@@ -9,7 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from service.errors import InvalidRequest
 
 AUTO_MODEL = "switchboard/auto"
-ROUTERS = ("learned", "heuristic")
 
 
 class Message(BaseModel):
@@ -27,7 +26,7 @@ class RoutingControls(BaseModel):
     quality_threshold: float | None = Field(None, ge=0.0, le=1.0)
     allowed_models: list[str] | None = Field(None, min_length=1)
     max_cost_usd: float | None = Field(None, ge=0.0)
-    router: Literal["learned", "heuristic"] | None = None
+    router: Literal["learned", "champion", "challenger", "heuristic"] | None = None
 
 
 class ChatRequest(BaseModel):
@@ -83,6 +82,7 @@ class FeedbackRequest(BaseModel):
     score: float | None = Field(None, ge=0.0, le=1.0)
     thumbs: Literal["up", "down"] | None = None
     comment: str | None = Field(None, max_length=10_000)
+    source: Literal["user", "judge"] = "user"  # a person, or an LLM judge grading the answer
 
     def value(self) -> float:
         if (self.score is None) == (self.thumbs is None):

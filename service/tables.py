@@ -80,6 +80,7 @@ feedback = sa.Table(
     sa.Column("score", DOUBLE, nullable=False),
     sa.Column("comment", sa.Text, nullable=True),
     sa.Column("created_at", UTC_TIME, nullable=False),
+    sa.Column("source", sa.String(16), nullable=False, server_default="user"),  # user, judge
     sa.Index("ix_feedback_request_id", "request_id"),
 )
 
@@ -145,4 +146,19 @@ spend_breakers = sa.Table(
     sa.Column("tripped_at", UTC_TIME, nullable=False),
     sa.Column("open_until", UTC_TIME, nullable=True),  # null: until reset
     sa.Column("reason", sa.Text, nullable=False),
+)
+
+experiments = sa.Table(
+    "experiments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("arms", sa.JSON, nullable=False),  # [{"name", "router", "weight"}], control first
+    sa.Column("unit", sa.String(16), nullable=False),  # tenant or user: what keeps its arm
+    sa.Column("margin", DOUBLE, nullable=False),  # stop an arm worse than control beyond this
+    sa.Column("min_feedback", sa.Integer, nullable=False),  # per arm, before stopping early
+    sa.Column("status", sa.String(16), nullable=False),  # running, stopped
+    sa.Column("started_at", UTC_TIME, nullable=False),
+    sa.Column("stopped_at", UTC_TIME, nullable=True),
+    sa.Column("stop_reason", sa.Text, nullable=True),
 )

@@ -10,6 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
+from switchboard.loop_cli import (
+    eval_logged,
+    experiment_app,
+    judge_command,
+    retrain_command,
+    rollback_command,
+)
 from switchboard.report import report
 from switchboard.spend_cli import breaker_app, budget_app, models_app, reconcile
 
@@ -25,6 +32,10 @@ app.add_typer(models_app, name="models")
 app.add_typer(breaker_app, name="breaker")
 app.command("reconcile")(reconcile)
 app.command("report")(report)
+app.add_typer(experiment_app, name="experiment")
+app.command("retrain")(retrain_command)
+app.command("rollback")(rollback_command)
+app.command("judge")(judge_command)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -187,7 +198,18 @@ def train(
 
 @app.command("eval")
 def evaluate_command(
-    outcomes: Annotated[Path, typer.Option(help="Outcomes file: .jsonl, .csv or .parquet.")],
+    outcomes: Annotated[
+        Path | None, typer.Option(help="Outcomes file: .jsonl, .csv or .parquet.")
+    ] = None,
+    logged: Annotated[
+        bool, typer.Option("--logged", help="Off-policy, on the service's logged traffic.")
+    ] = False,
+    since_days: Annotated[
+        float | None, typer.Option(help="With --logged: the last N days only.")
+    ] = None,
+    threshold: Annotated[
+        list[float] | None, typer.Option(help="With --logged: the logged router at these.")
+    ] = None,
     models: Annotated[
         str | None, typer.Option(help="Comma-separated model ids to route among.")
     ] = None,
@@ -204,8 +226,15 @@ def evaluate_command(
         "cost-quality.png"
     ),
 ) -> None:
-    """Evaluate the learned router against the baselines on an outcomes file."""
+    """Evaluate the learned router against the baselines on an outcomes file, or (--logged)
+    estimate routers off-policy on the service's logged traffic."""
     _setup_logging()
+    if logged:
+        eval_logged(since_days, threshold or [], router, as_json)
+        return
+    if outcomes is None:
+        fail("--outcomes FILE (or --logged) is required")
+        return
     from training.pipeline import evaluate_file
 
     if metric not in ("passed", "quality"):

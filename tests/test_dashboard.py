@@ -44,6 +44,11 @@ def seeded(tmp_path_factory):
                     headers={"Authorization": f"Bearer {ADMIN}"},
                 )
                 keys[tenant] = response.json()["key"]
+            httpx.post(
+                f"{service.url}/v1/admin/experiments",
+                json={"name": "ab", "arms": [{"router": "champion"}, {"router": "heuristic"}]},
+                headers={"Authorization": f"Bearer {ADMIN}"},
+            ).raise_for_status()
             acme = OpenAI(base_url=f"{service.url}/v1", api_key=keys["acme"], max_retries=0)
             ids = []
             prompts = [
@@ -198,7 +203,12 @@ def test_every_page_shows_the_seeded_numbers_without_errors(seeded, browser, sho
     tab.shot("budgets")
 
     tab.open("/dashboard/experiments")
-    assert "No experiments yet" in tab.text("empty-experiments")
+    arms = tab.text("table-experiment-0")
+    assert "champion" in arms and "heuristic" in arms
+    experiment = api(service, keys["acme"], "/v1/experiments")["data"][0]
+    served = [a for a in experiment["results"] if a["requests"]]
+    assert sum(a["requests"] for a in served) == 12  # acme's auto-routed requests
+    assert tab.chart_drawn("chart-experiment-0")
     tab.shot("experiments")
 
     tab.open("/dashboard/requests")

@@ -9,11 +9,18 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One ledger and one MLflow store for the module: notebook 04 reviews what 03 logged."""
+    return tmp_path_factory.mktemp("notebooks")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path, monkeypatch, isolated_cache):
+def test_notebook_runs(path, tmp_path, shared, monkeypatch, isolated_cache):
     monkeypatch.setenv("SWITCHBOARD_NOTEBOOK_SAMPLE", "40")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{shared / 'mlflow.db'}")
+    monkeypatch.setenv("SWITCHBOARD_DATABASE_URL", f"sqlite:///{shared / 'ledger.db'}")
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(
         notebook,

@@ -14,32 +14,22 @@ import secrets
 import tempfile
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pandas as pd
 
-from service.prompts import prompt_id
 from switchboard.service_process import ServiceProcess
 from training import datasets
 from training.report import decision_table
+from training.simulate import SOURCE, Served, best_single_model, held_out_traffic, send
 from training.train import DEFAULT_BAR
 
-SOURCE = "routerbench-subset"
 PROMPTS = 300
 SEED = 0
 CONCURRENCY = 8
 STRICT_THRESHOLD = 0.85
 EXAMPLES = 2
-
-
-@dataclass
-class Served:
-    model: str
-    cost_usd: float | None
-    request_id: str
 
 
 @dataclass
@@ -49,52 +39,9 @@ class Arm:
     extra_body: dict[str, object] | None = None
 
 
-def held_out_traffic(outcomes: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
-    """A fixed sample of the source's test prompts that every model answered (so the replay
-    upstream can serve any choice), and their graded outcomes per model."""
-    test = outcomes[(outcomes["source"] == SOURCE) & (outcomes["split"] == "test")]
-    answered = test[test["response"].fillna("").str.strip().ne("")]
-    per_prompt = answered.groupby("prompt_id")["model"].nunique()
-    complete = per_prompt[per_prompt == test["model"].nunique()].index.to_series()
-    ids = complete.sample(n=PROMPTS, random_state=SEED)
-    rows = test[test["prompt_id"].isin(set(ids))]
-    prompts = rows.drop_duplicates("prompt_id").set_index("prompt_id").loc[ids, "prompt"]
-    return list(prompts), rows.set_index(["prompt_id", "model"])
-
-
-def reference_model(graded: pd.DataFrame) -> str:
-    """The model with the highest pass rate on these prompts (the best single model)."""
-    passed = (graded["quality"] >= DEFAULT_BAR).groupby(level="model").mean()
-    return str(passed.idxmax())
-
-
-def send_all(url: str, key: str, prompts: list[str], arm: Arm) -> list[Served]:
-    import openai
-
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
-
-    def send(prompt: str) -> Served:
-        raw = client.chat.completions.with_raw_response.create(
-            model=arm.model,
-            messages=[{"role": "user", "content": prompt}],
-            extra_body=arm.extra_body,
-        )
-        completion = raw.parse()
-        cost = getattr(completion.usage, "cost", None)
-        return Served(completion.model, cost, raw.headers["x-switchboard-request-id"])
-
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
-        return list(pool.map(send, prompts))
-
-
-def summarize(
-    prompts: list[str], served: list[Served], graded: pd.DataFrame
-) -> dict[str, float | int]:
+def summarize(served: list[Served]) -> dict[str, float | int]:
     costs = [s.cost_usd for s in served]
-    quality = [
-        float(graded.loc[(prompt_id(p), s.model), "quality"])
-        for p, s in zip(prompts, served, strict=True)
-    ]
+    quality = [s.quality for s in served]
     return {
         "requests": len(served),
         "spend": sum(c for c in costs if c is not None),
@@ -126,8 +73,8 @@ class DemoResult:
 
 def run_demo(echo: Callable[[str], None]) -> DemoResult:
     outcomes = datasets.load()
-    prompts, graded = held_out_traffic(outcomes)
-    reference = reference_model(graded)
+    prompts, graded = held_out_traffic(outcomes, PROMPTS, SEED)
+    reference = best_single_model(graded)
     admin_key = "sb-admin-" + secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="switchboard-demo-") as tmp:
         env: dict[str, str | None] = {
@@ -161,9 +108,20 @@ def run_demo(echo: Callable[[str], None]) -> DemoResult:
                 f"Sending {len(prompts)} held-out {SOURCE} test prompts {len(arms)} times through "
                 f"POST /v1/chat/completions ({CONCURRENCY} at a time, official openai client):\n"
             )
-            results = {arm.label: send_all(service.url, key, prompts, arm) for arm in arms}
+            results = {
+                arm.label: send(
+                    service.url,
+                    key,
+                    prompts,
+                    graded,
+                    arm.model,
+                    arm.extra_body,
+                    concurrency=CONCURRENCY,
+                )
+                for arm in arms
+            }
             ledger_requests, ledger_spend = ledger_totals(service.url, admin_key)
-    summaries = {label: summarize(prompts, served, graded) for label, served in results.items()}
+    summaries = {label: summarize(served) for label, served in results.items()}
     _print_table(echo, summaries, arms[-1].label)
     learned = results["learned router"]
     mix = Counter(s.model for s in learned)

@@ -24,6 +24,7 @@ from service.routing.learned import LearnedRouter
 REGISTERED_MODEL = "switchboard-router"
 EXPERIMENT = "switchboard-router"
 CHAMPION = "champion"
+PREVIOUS = "previous-champion"
 
 
 def tracking_uri() -> str:
@@ -123,3 +124,99 @@ def champion_version() -> str | None:
         return str(client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION).version)
     except mlflow.exceptions.MlflowException:
         return None
+
+
+def _register(router: LearnedRouter, router_dir: Path, run_name: str) -> str:
+    """Log ``router_dir`` as a new version of the registered model; its version number."""
+    with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None):
+        mlflow.set_tags({"router_version": router.version})
+        info = mlflow.pyfunc.log_model(
+            name="router",
+            python_model=RouterModel(),
+            artifacts={"router": str(router_dir)},
+            pip_requirements=[],
+            registered_model_name=REGISTERED_MODEL,
+        )
+    return str(info.registered_model_version)
+
+
+def _version_of_router(client: Any, version: str) -> str | None:
+    run_id = client.get_model_version(REGISTERED_MODEL, version).run_id
+    return mlflow.get_run(run_id).data.tags.get("router_version") if run_id else None
+
+
+def log_retraining(
+    challenger: LearnedRouter,
+    challenger_dir: Path,
+    champion: LearnedRouter,
+    champion_dir: Path,
+    report: dict[str, Any],
+    promote: bool,
+) -> dict[str, str]:
+    """Log a retraining cycle (gate, test metrics of both routers, off-policy estimates),
+    register the challenger, and when promoted move ``champion`` to it (and
+    ``previous-champion`` to the version it replaces, registering that one first if needed)."""
+    _use_experiment()
+    client = mlflow.MlflowClient()
+    current = champion_version()
+    if current is None or _version_of_router(client, current) != champion.version:
+        current = _register(champion, champion_dir, f"champion-{champion.version}")
+        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, current)
+    gate = report["gate"]
+    with mlflow.start_run(run_name=f"retrain-{challenger.version}") as run:
+        mlflow.log_params(
+            {
+                "snapshot_sha256": report["snapshot_sha256"],
+                "traffic_outcomes": report["traffic_outcomes"],
+                "gate_margin": gate["margin"],
+                "gate_confidence": gate["confidence"],
+                "champion_version": champion.version,
+            }
+        )
+        mlflow.set_tags(
+            {"router_version": challenger.version, "gate": "passed" if gate["passed"] else "failed"}
+        )
+        metrics = {f"gate.{k}": float(v) for k, v in gate.items() if isinstance(v, (int, float))}
+        metrics |= _flatten("challenger.test.", report["challenger"]["test"])
+        metrics |= _flatten("champion.test.", report["champion"]["test"])
+        for policy, estimate in report["off_policy"].items():
+            if isinstance(estimate, dict):
+                for target in ("quality", "cost_usd"):
+                    for method, value in estimate[target].items():
+                        metrics[f"ope.{policy}.{target}.{method}"] = float(value["value"])
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # drop NaN
+        mlflow.log_dict(report, "retrain-report.json")
+        info = mlflow.pyfunc.log_model(
+            name="router",
+            python_model=RouterModel(),
+            artifacts={"router": str(challenger_dir)},
+            pip_requirements=[],
+            registered_model_name=REGISTERED_MODEL,
+        )
+        version = str(info.registered_model_version)
+    if promote:
+        client.set_registered_model_alias(REGISTERED_MODEL, PREVIOUS, current)
+        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+    return {"run_id": run.info.run_id, "model_version": version, "replaced_version": current}
+
+
+def restore_previous_champion(into: Path) -> dict[str, Any]:
+    """Swap the ``champion`` and ``previous-champion`` aliases and download the restored
+    router into ``into``; returns its directory and versions."""
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.MlflowClient()
+    try:
+        previous = client.get_model_version_by_alias(REGISTERED_MODEL, PREVIOUS).version
+    except mlflow.exceptions.MlflowException:
+        raise ValueError("no previous champion to roll back to") from None
+    current = champion_version()
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{REGISTERED_MODEL}/{previous}", dst_path=str(into)
+        )
+    )
+    router_dir = next(local.rglob("router.json")).parent
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, str(previous))
+    if current is not None:
+        client.set_registered_model_alias(REGISTERED_MODEL, PREVIOUS, current)
+    return {"router_dir": router_dir, "champion_version": str(previous), "replaced": current}

@@ -250,14 +250,20 @@ def train(
     bar: float = DEFAULT_BAR,
     seed: int = 0,
     progress: bool = True,
+    extra_training_sources: Sequence[str] = (),
 ) -> TrainResult:
-    """Fit, compare on validation, refit the winner on train + val, and evaluate it on test."""
+    """Fit, compare on validation, refit the winner on train + val, and evaluate it on test.
+
+    ``extra_training_sources`` (logged traffic) add training rows but no evaluation sets: their
+    prompts have one rated model each, not the full table evaluation needs.
+    """
     learners = list(learners or LEARNERS)
     unknown = [name for name in learners if name not in LEARNERS]
     if unknown:
         raise ValueError(f"unknown learner(s) {unknown}; choose from {sorted(LEARNERS)}")
     embedding_dim = featurizer.embedder.dim
-    data = training_data(outcomes, ["train"], sources, bar)
+    fit_sources = [*sources, *extra_training_sources]
+    data = training_data(outcomes, ["train"], fit_sources, bar)
     log.info("embedding %d training prompts", len(data.prompts))
     X = featurizer.transform(data.prompts, show_progress=progress)
     val_sets = evaluation_sets(outcomes, "val", sources, featurizer, catalog)
@@ -284,14 +290,14 @@ def train(
     )
     threshold = default_threshold(val_evaluations[chosen])
 
-    full = training_data(outcomes, ["train", "val"], sources, bar)
+    full = training_data(outcomes, ["train", "val"], fit_sources, bar)
     X_full = featurizer.transform(full.prompts, show_progress=progress)
     scorer = _fit(chosen, full, X_full, seed, embedding_dim)
     metadata = {
         "version": datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "learner": chosen,
-        "sources": list(sources),
+        "sources": fit_sources,
         "data_sha256": datasets.table_hash(outcomes),
         "code_version": code_version(),
         "training_prompts": len(full.prompts),

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from service.api.common import json_body
 from service.auth import authenticate
 from service.errors import APIError, RequestTimeout
-from service.gateway import Plan
+from service.gateway import Plan, RouteContext
 from service.prompts import content_text, prompt_text
 from service.providers.base import MALFORMED, Chunk, Provider, UpstreamError
 from service.record import RequestRecord
@@ -33,8 +33,14 @@ async def chat_completions(request: Request) -> Response:
         record.stream, record.end_user = chat.stream, chat.user
         controls = merge_controls(chat.switchboard, controls_from_headers(request.headers))
         await state.spend.refuse_if_breaker_open(principal)
-        steering = await state.spend.steer(principal) if chat.auto else None
-        plan = state.gateway.plan(chat, controls, record, steering)
+        context = None
+        if chat.auto:
+            context = RouteContext(steering=await state.spend.steer(principal))
+            experiment = await state.experiments.running()
+            if experiment is not None and controls.router is None:
+                arm = experiment.assign(principal, chat.user)
+                context.arm, context.arm_router = f"{experiment.name}:{arm.name}", arm.router
+        plan = state.gateway.plan(chat, controls, record, context)
         body = await state.spend.bound(principal, plan.order, chat.upstream_body())
         prompt = prompt_text(body["messages"])
         if state.settings.store_content:

@@ -33,7 +33,7 @@ async def feedback(request: Request) -> JSONResponse:
     score = body.value()
     row = await _own_request(request, body.request_id, principal)
     feedback_id = await request.app.state.ledger.add_feedback(
-        row["id"], row["tenant_id"], score, body.comment
+        row["id"], row["tenant_id"], score, body.comment, body.source
     )
     return JSONResponse(
         {"id": feedback_id, "request_id": row["id"], "score": score}, status_code=201

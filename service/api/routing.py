@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from service.api.common import json_body
 from service.auth import authenticate
 from service.errors import InvalidRequest
+from service.gateway import RouteContext
 from service.ledger import Principal
 from service.record import RequestRecord
 from service.schemas import AUTO_MODEL, RouteRequest, controls_from_headers, merge_controls, parse
@@ -32,7 +33,7 @@ async def route(request: Request) -> dict[str, Any]:
     controls = merge_controls(body.switchboard, controls_from_headers(request.headers))
     record = RequestRecord(principal, "route")
     steering = await state.spend.steer(principal)
-    order = state.gateway.route(messages, controls, record, steering)
+    order = state.gateway.route(messages, controls, record, RouteContext(steering=steering))
     return {
         "model": record.chosen_model,
         "p_pass": record.p_pass,

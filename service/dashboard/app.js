@@ -255,7 +255,30 @@ async function budgetsPage() {
 
 async function experiments() {
   main.append(el("h1", { text: "Experiments" }));
-  main.append(empty("empty-experiments", "No experiments yet. A/B experiments between routers appear here with their arms, costs, feedback and significance."));
+  const list = await api("/v1/experiments");
+  if (!list.data.length) {
+    main.append(empty("empty-experiments", "No experiments yet: switchboard experiment start --name NAME --arms champion:50,heuristic:50"));
+    return;
+  }
+  const interval = (m, f = (v) => num(v, 3)) => (m.mean === null ? "-" : f(m.mean) + (m.ci_low === null ? "" : " (" + f(m.ci_low) + " to " + f(m.ci_high) + ")"));
+  list.data.forEach((x, i) => {
+    main.append(el("h2", { text: x.name + ": " + x.status + (x.stop_reason ? " (" + x.stop_reason + ")" : "") }));
+    main.append(el("p", { text: "started " + (x.started_at || "").slice(0, 19) + ", arms by " + x.unit + ", stop margin " + x.margin + ", at least " + x.min_feedback + " ratings per arm" }));
+    main.append(table("table-experiment-" + i, [
+      ["arm", (a) => a.arm], ["router", (a) => a.router], ["weight", (a) => num(a.weight, 1), "num"],
+      ["requests", (a) => num(a.requests), "num"], ["cost per request", (a) => interval(a.cost_per_request_usd, usd), "num"],
+      ["feedback (n)", (a) => interval(a.feedback) + " (" + a.feedback_n + ")", "num"],
+      ["latency ms", (a) => num(a.latency_ms.mean, 1), "num"], ["fallback rate", (a) => pct(a.fallback_rate.mean), "num"],
+      ["p (worse than control)", (a) => (a.test && a.test.p_worse_beyond_margin !== null ? num(a.test.p_worse_beyond_margin, 4) : "-"), "num"],
+    ], x.results));
+    const rated = x.results.filter((a) => a.feedback.mean !== null);
+    if (rated.length) {
+      chart("chart-experiment-" + i, [{
+        type: "bar", x: rated.map((a) => a.arm), y: rated.map((a) => a.feedback.mean),
+        error_y: { type: "data", symmetric: false, array: rated.map((a) => (a.feedback.ci_high === null ? 0 : a.feedback.ci_high - a.feedback.mean)), arrayminus: rated.map((a) => (a.feedback.ci_low === null ? 0 : a.feedback.mean - a.feedback.ci_low)) },
+      }], { title: { text: "Feedback by arm (95 % interval)" }, yaxis: { range: [0, 1.1] } });
+    }
+  });
 }
 
 async function requestsPage() {
