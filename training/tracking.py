@@ -51,6 +51,19 @@ class RouterModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         return pd.DataFrame(p, columns=self.router.models)
 
 
+def _log_router(router_dir: Path) -> str:
+    """Log the router directory as a pyfunc model in the active run and register it; the new
+    registered version."""
+    info = mlflow.pyfunc.log_model(
+        name="router",
+        python_model=RouterModel(),
+        artifacts={"router": str(router_dir)},
+        pip_requirements=[],
+        registered_model_name=REGISTERED_MODEL,
+    )
+    return str(info.registered_model_version)
+
+
 def _use_experiment() -> None:
     """Point MLflow at the tracking store; artifacts of a local SQLite store live beside it."""
     uri = tracking_uri()
@@ -102,14 +115,7 @@ def log_training(
         mlflow.log_metric("beats_heuristic_on_validation", float(champion))
         for path in artifacts:
             mlflow.log_artifact(str(path))
-        info = mlflow.pyfunc.log_model(
-            name="router",
-            python_model=RouterModel(),
-            artifacts={"router": str(router_dir)},
-            pip_requirements=[],
-            registered_model_name=REGISTERED_MODEL,
-        )
-        version = str(info.registered_model_version)
+        version = _log_router(router_dir)
     client = mlflow.MlflowClient()
     if champion:
         client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
@@ -130,14 +136,7 @@ def _register(router: LearnedRouter, router_dir: Path, run_name: str) -> str:
     """Log ``router_dir`` as a new version of the registered model; its version number."""
     with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None):
         mlflow.set_tags({"router_version": router.version})
-        info = mlflow.pyfunc.log_model(
-            name="router",
-            python_model=RouterModel(),
-            artifacts={"router": str(router_dir)},
-            pip_requirements=[],
-            registered_model_name=REGISTERED_MODEL,
-        )
-    return str(info.registered_model_version)
+        return _log_router(router_dir)
 
 
 def _version_of_router(client: Any, version: str) -> str | None:
@@ -186,14 +185,7 @@ def log_retraining(
                         metrics[f"ope.{policy}.{target}.{method}"] = float(value["value"])
         mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # drop NaN
         mlflow.log_dict(report, "retrain-report.json")
-        info = mlflow.pyfunc.log_model(
-            name="router",
-            python_model=RouterModel(),
-            artifacts={"router": str(challenger_dir)},
-            pip_requirements=[],
-            registered_model_name=REGISTERED_MODEL,
-        )
-        version = str(info.registered_model_version)
+        version = _log_router(challenger_dir)
     if promote:
         client.set_registered_model_alias(REGISTERED_MODEL, PREVIOUS, current)
         client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
