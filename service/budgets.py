@@ -193,6 +193,7 @@ class BudgetStore:
         self.engine = engine
         self.refresh_s = refresh_s
         self._cache: tuple[float, list[Budget]] | None = None
+        self._windows_made: set[tuple[int, datetime]] = set()  # known to exist: skip the insert
 
     # -- definitions --------------------------------------------------------------------------
 
@@ -258,6 +259,7 @@ class BudgetStore:
             )
             deleted = await conn.execute(budgets.delete().where(budgets.c.id == budget_id))
         self.invalidate()
+        self._windows_made = {w for w in self._windows_made if w[0] != budget_id}
         return bool(deleted.rowcount)
 
     async def find(self, scope: str, period: str | None = None) -> list[Budget]:
@@ -307,10 +309,15 @@ class BudgetStore:
         budget without room."""
         at = now()
         hold = Hold(amount_usd)
+        made: list[tuple[int, datetime]] = []
         async with self.engine.begin() as conn:
             for budget in sorted(applicable, key=lambda b: b.id):  # one lock order: no deadlocks
                 start, resets_at = period_window(budget.period, at)
-                await insert_ignore(conn, budget_windows, budget_id=budget.id, period_start=start)
+                if (budget.id, start) not in self._windows_made:
+                    await insert_ignore(
+                        conn, budget_windows, budget_id=budget.id, period_start=start
+                    )
+                    made.append((budget.id, start))
                 this = (budget_windows.c.budget_id == budget.id) & (
                     budget_windows.c.period_start == start
                 )
@@ -338,6 +345,7 @@ class BudgetStore:
                     )
                 )
                 hold.reservations.append((reservation_id, budget, start))
+        self._windows_made.update(made)  # committed: these windows exist now
         return hold
 
     async def release(self, hold: Hold) -> None:

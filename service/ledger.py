@@ -11,17 +11,15 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.tables import api_keys, feedback, requests, tenants
 
-T = TypeVar("T")
 KEY_PREFIX = "sb-"
 AUTH_CACHE_SECONDS = 30.0
 
@@ -94,12 +92,14 @@ class Ledger:
         return True
 
     async def ensure_tenant(self, name: str) -> int:
+        """The tenant's id, creating it if new (safe when replicas create it at once)."""
         async with self.engine.begin() as conn:
             found = await conn.scalar(sa.select(tenants.c.id).where(tenants.c.name == name))
-            if found is not None:
-                return int(found)
-            result = await conn.execute(tenants.insert().values(name=name, created_at=now()))
-            return int(result.inserted_primary_key[0])  # type: ignore[index]
+            if found is None:
+                await insert_ignore(conn, tenants, name=name, created_at=now())
+                found = await conn.scalar(sa.select(tenants.c.id).where(tenants.c.name == name))
+            assert found is not None
+            return int(found)
 
     async def create_key(self, tenant: str) -> tuple[str, int]:
         """A new API key for ``tenant`` (created if new) and its id; only its hash is stored."""
@@ -132,14 +132,6 @@ class Ledger:
         principal = Principal(row.tenant_id, row.name, row.id) if row else None
         self._auth_cache[digest] = (time.monotonic() + AUTH_CACHE_SECONDS, principal)
         return principal
-
-    async def record_request(
-        self, row: dict[str, Any], also: Callable[[AsyncConnection], Awaitable[T]] | None = None
-    ) -> T | None:
-        """Insert a request row; ``also`` runs in the same transaction (budget settlement)."""
-        async with self.engine.begin() as conn:
-            await conn.execute(requests.insert().values(**row))
-            return await also(conn) if also is not None else None
 
     async def get_request(self, request_id: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:

@@ -61,10 +61,17 @@ class RequestRecord:
     hold: Hold | None = None  # the budget reservation of the attempt in flight or served
     charged_usd: float | None = None
     spend_control: str | None = None  # how spend controls steered the routing, if they did
+    ended_ms: float | None = None
     warnings: list[str] = field(default_factory=list)
 
     def elapsed_ms(self) -> float:
+        if self.ended_ms is not None:
+            return self.ended_ms
         return (time.perf_counter() - self.started) * 1000
+
+    def end(self) -> None:
+        """Freeze the latency: the row may be written later."""
+        self.ended_ms = (time.perf_counter() - self.started) * 1000
 
     def fail(self, status: int, code: str, message: str) -> None:
         self.status, self.http_status, self.error_code = "error", status, code

@@ -1,50 +1,107 @@
-"""Writing each request's ledger row once it ends, with its budget settlement and alerts."""
+"""Writing each request's ledger row once it ends, with its budget settlement and alerts.
+
+Rows are not written on the response path: a request hands its finished record to the queue and
+answers; one writer task per process inserts whatever has queued as one batch, in one
+transaction that also settles the batch's budget holds, so under load the ledger costs one
+commit per batch instead of one per request. A failed batch is retried row by row (one bad row
+cannot lose the others), then again with backoff while the database is down. Reads that must
+see a caller's own requests (``/v1/requests``, feedback, analytics) ``flush`` first; shutdown
+drains the queue before the process exits.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from functools import partial
+from typing import Any
 
+from service.budgets import Window
 from service.ledger import Ledger
 from service.metrics import Metrics
 from service.record import RequestRecord
 from service.spend_control import SpendControl
+from service.tables import requests
 
 log = logging.getLogger("switchboard")
+MAX_BATCH = 500
+RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 2.0, 5.0)
 
 
 class Recorder:
-    """Writes ledger rows and updates metrics. A write runs as its own task, so a request whose
-    client went away (its handler cancelled) is still recorded and its budget hold settled."""
-
     def __init__(self, ledger: Ledger, metrics: Metrics, spend: SpendControl):
         self.ledger = ledger
         self.metrics = metrics
         self.spend = spend
-        self.pending: set[asyncio.Task[None]] = set()
-
-    async def _write(self, record: RequestRecord) -> None:
-        settle = None
-        if record.hold is not None:
-            record.charged_usd = self.spend.charge(record)
-            settle = partial(self.spend.settle, record=record)
-        row = record.row()
-        self.metrics.observe(record)
-        try:
-            windows = await self.ledger.record_request(row, settle)
-        except Exception:  # a failing database must not turn an answer into a crash
-            log.exception("could not record request %s", record.id)
-            return
-        if windows:
-            await self.spend.alerts.budget_windows(windows)
+        self.queue: asyncio.Queue[RequestRecord] = asyncio.Queue()
+        self.writer: asyncio.Task[None] | None = None
 
     async def finish(self, record: RequestRecord) -> None:
-        task = asyncio.create_task(self._write(record))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-        await asyncio.shield(task)
+        """Queue a finished request's row (never blocks on the database)."""
+        record.end()
+        if record.hold is not None:
+            record.charged_usd = self.spend.charge(record)
+        self.metrics.observe(record)
+        self.queue.put_nowait(record)
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.create_task(self._write_forever())
+
+    async def flush(self) -> None:
+        """Return once every row queued so far is in the database."""
+        await self.queue.join()
 
     async def drain(self) -> None:
-        if self.pending:
-            await asyncio.gather(*self.pending, return_exceptions=True)
+        """At shutdown: write everything queued, then stop the writer."""
+        await self.flush()
+        if self.writer is not None:
+            self.writer.cancel()
+
+    async def _write_forever(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while not self.queue.empty() and len(batch) < MAX_BATCH:
+                batch.append(self.queue.get_nowait())
+            try:
+                await self._write(batch)
+            except Exception:  # the writer must outlive any one batch
+                log.exception("recording a batch of %d requests failed", len(batch))
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+
+    async def _write(self, batch: list[RequestRecord]) -> None:
+        for delay in (0.0, *RETRY_BACKOFF_S):
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                windows = await self._insert(batch)
+                break
+            except Exception:  # one bad row, or the database is away: write one by one
+                windows = []
+                failed = []
+                for record in batch:
+                    try:
+                        windows += await self._insert([record])
+                    except Exception:
+                        failed.append(record)
+                if not failed:
+                    break
+                batch = failed
+                log.exception("could not record %d request(s); retrying", len(batch))
+        else:
+            log.error("gave up recording requests %s", [r.id for r in batch])
+            return
+        if windows:
+            try:
+                await self.spend.alerts.budget_windows(windows)
+            except Exception:
+                log.exception("budget alerts for a batch of %d requests failed", len(batch))
+
+    async def _insert(self, batch: list[RequestRecord]) -> list[Window]:
+        rows: list[dict[str, Any]] = [record.row() for record in batch]
+        windows: list[Window] = []
+        async with self.ledger.engine.begin() as conn:
+            await conn.execute(requests.insert(), rows)
+            for record in batch:
+                if record.hold is not None:
+                    windows += await self.spend.settle(conn, record)
+        return windows

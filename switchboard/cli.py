@@ -313,13 +313,24 @@ def bench(
     output: Annotated[Path, typer.Option(help="Markdown file to write.")] = Path(
         "docs/BENCHMARKS.md"
     ),
+    routing: Annotated[
+        bool, typer.Option(help="Routing latency and quality (--no-routing keeps the file's).")
+    ] = True,
+    gateway: Annotated[
+        bool, typer.Option(help="Gateway against LiteLLM (--no-gateway keeps the file's).")
+    ] = True,
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(help="A PostgreSQL server for the ledger run (creates switchboard_bench)."),
+    ] = "postgresql://postgres@127.0.0.1:5432/test",
 ) -> None:
-    """Measure routing-decision latency and each embedder's routing quality; write
+    """Measure routing-decision latency and routing quality by embedder and, against LiteLLM's
+    proxy on one mock, the gateway's added latency, throughput, streaming and memory; write
     docs/BENCHMARKS.md."""
     _setup_logging(verbose=True)
     from training.bench import write_benchmarks
 
-    write_benchmarks(output)
+    write_benchmarks(output, routing, gateway, postgres_url)
     typer.echo(output.read_text())
 
 

@@ -36,6 +36,8 @@ def test_the_judge_grades_each_sampled_answer_once_through_the_service(tmp_path)
                 model="switchboard/auto",
                 messages=[{"role": "user", "content": "Explain closures, grade 7"}],
             )
+            # the ledger is written off the response path: this read waits for it
+            httpx.get(f"{service.url}/v1/requests", headers={"Authorization": f"Bearer {ADMIN}"})
             # the fake upstream echoes its input, so the judge "replies" with the answer's 7
             counts = grade(database, service.url, ADMIN, JUDGE, share=1.0)
             assert counts == {"graded": 1, "unparsed": 0, "failed": 0}

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 
 from service.analytics import Range, Scope, parse_range
 from service.api.budgets import visible
+from service.api.common import flushed
 from service.auth import authenticate
 from service.errors import Forbidden, InvalidRequest, NotFound
 from service.ledger import now
@@ -19,6 +20,7 @@ router = APIRouter(prefix="/v1/analytics")
 
 async def _scope(request: Request, tenant: str | None) -> Scope:
     principal = await authenticate(request)
+    await flushed(request)
     if not principal.admin:
         if tenant is not None and tenant != principal.tenant:
             raise Forbidden("a tenant sees only its own analytics", param="tenant")
@@ -105,6 +107,7 @@ async def curve(
 @router.get("/budgets")
 async def budgets(request: Request) -> dict[str, Any]:
     principal = await authenticate(request)
+    await flushed(request)
     store = request.app.state.budgets
     store.invalidate()
     shown = [b for b in await store.all() if visible(b, principal)]

@@ -4,13 +4,13 @@ sees all, global and per-model budgets included)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.alerts import WebhookRefused, check_webhook_url
-from service.api.common import json_body
+from service.api.common import flushed, json_body
 from service.auth import authenticate, authenticate_admin
 from service.budgets import DEFAULT_ALERT_AT, Budget, parse_scope, utc
 from service.errors import InvalidRequest, NotFound
@@ -18,6 +18,7 @@ from service.ledger import Principal
 from service.schemas import parse
 
 router = APIRouter()
+BudgetId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # the database's integer range
 
 
 class BudgetRequest(BaseModel):
@@ -78,7 +79,7 @@ async def set_budget(request: Request) -> dict[str, Any]:
 
 
 @router.delete("/v1/admin/budgets/{budget_id}")
-async def delete_budget(budget_id: int, request: Request) -> dict[str, Any]:
+async def delete_budget(budget_id: BudgetId, request: Request) -> dict[str, Any]:
     await authenticate_admin(request)
     if not await request.app.state.budgets.delete(budget_id):
         raise NotFound(f"no budget {budget_id}", param="budget_id", code="budget_not_found")
@@ -89,6 +90,7 @@ async def delete_budget(budget_id: int, request: Request) -> dict[str, Any]:
 async def list_budgets(request: Request) -> dict[str, Any]:
     """The caller's budgets with their current spend, holds and reset times."""
     principal = await authenticate(request)
+    await flushed(request)
     store = request.app.state.budgets
     store.invalidate()
     shown = [b for b in await store.all() if visible(b, principal)]
@@ -96,8 +98,9 @@ async def list_budgets(request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/budgets/{budget_id}")
-async def get_budget(budget_id: int, request: Request) -> dict[str, Any]:
+async def get_budget(budget_id: BudgetId, request: Request) -> dict[str, Any]:
     principal = await authenticate(request)
+    await flushed(request)
     budget = await request.app.state.budgets.get(budget_id)
     if budget is None or not visible(budget, principal):
         raise NotFound(f"no budget {budget_id}", param="budget_id", code="budget_not_found")
@@ -108,6 +111,7 @@ async def get_budget(budget_id: int, request: Request) -> dict[str, Any]:
 async def list_alerts(request: Request, limit: int = 100) -> dict[str, Any]:
     """Alerts sent for the caller's budgets (the admin: all), newest first."""
     principal = await authenticate(request)
+    await flushed(request)
     if not 1 <= limit <= 1000:
         raise InvalidRequest("limit must be between 1 and 1000", param="limit")
     scopes = None

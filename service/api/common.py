@@ -19,3 +19,9 @@ async def json_body(request: Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
+
+
+async def flushed(request: Request) -> None:
+    """Wait until this process's queued ledger rows are written (reads of the caller's own
+    requests must see them)."""
+    await request.app.state.recorder.flush()

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.common import json_body
+from service.api.common import flushed, json_body
 from service.auth import authenticate, authenticate_admin
 from service.errors import InvalidRequest, NotFound
 from service.experiments import Arm
@@ -66,6 +66,7 @@ async def stop(name: str, request: Request) -> dict[str, Any]:
 @router.get("/v1/experiments")
 async def list_experiments(request: Request) -> dict[str, Any]:
     principal = await authenticate(request)
+    await flushed(request)
     store = request.app.state.experiments
     scope = None if principal.admin else principal.tenant_id
     return {"data": [await store.results(e, scope) for e in await store.all()]}
@@ -74,6 +75,7 @@ async def list_experiments(request: Request) -> dict[str, Any]:
 @router.get("/v1/experiments/{name}")
 async def get_experiment(name: str, request: Request) -> dict[str, Any]:
     principal = await authenticate(request)
+    await flushed(request)
     store = request.app.state.experiments
     experiment = await store.get(name)
     if experiment is None:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.api.common import json_body
+from service.api.common import flushed, json_body
 from service.auth import authenticate, authenticate_admin
 from service.errors import InvalidRequest, NotFound
 from service.ledger import Principal
@@ -29,6 +29,7 @@ async def _own_request(request: Request, request_id: str, principal: Principal) 
 async def feedback(request: Request) -> JSONResponse:
     """Rate an answer by its request id: a score in [0, 1] or thumbs up/down."""
     principal = await authenticate(request)
+    await flushed(request)
     body: FeedbackRequest = parse(FeedbackRequest, await json_body(request))
     score = body.value()
     row = await _own_request(request, body.request_id, principal)
@@ -44,6 +45,7 @@ async def feedback(request: Request) -> JSONResponse:
 async def list_requests(request: Request, limit: int = 50, status: str | None = None) -> dict:
     """The caller's newest requests (the admin's: everyone's) and their totals."""
     principal = await authenticate(request)
+    await flushed(request)
     if not 1 <= limit <= MAX_LIST:
         raise InvalidRequest(f"limit must be between 1 and {MAX_LIST}", param="limit")
     if status not in (None, "ok", "error"):
@@ -60,6 +62,7 @@ async def list_requests(request: Request, limit: int = 50, status: str | None = 
 async def get_request(request_id: str, request: Request) -> dict[str, Any]:
     """The full ledger record of one of the caller's requests."""
     principal = await authenticate(request)
+    await flushed(request)
     row = await _own_request(request, request_id, principal)
     row["created_at"] = row["created_at"].isoformat()
     return row

@@ -1,0 +1,99 @@
+"""Fuzzing: every API operation in the OpenAPI schema (schemathesis), arbitrary JSON bodies on
+the chat endpoint, and arbitrary outcomes files (hypothesis): never a 5xx or a crash, never a
+half-written record."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from switchboard.fake_upstream import FakeUpstreamServer
+from tests.servers import ServiceServer, upstream_settings
+from training.outcomes import OutcomesError, read_outcomes
+
+ADMIN = "sb-admin-fuzz"
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    database = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'ledger.db'}"
+    upstream = FakeUpstreamServer(None).start()
+    try:
+        with ServiceServer(upstream_settings(upstream.url, database, ADMIN)) as server:
+            yield server
+    finally:
+        upstream.stop()
+
+
+def test_no_operation_answers_a_server_error(service):
+    schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json")
+    failures = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        strategy = operation.as_strategy()
+
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(case=strategy)
+        def check(case) -> None:
+            response = case.call(headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+            if response.status_code >= 500:
+                failures.append((case.method, case.formatted_path, response.status_code))
+
+        check()
+    assert failures == []
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=JSON)
+def test_arbitrary_chat_bodies_get_a_clear_4xx_and_one_complete_record(service, body):
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    before = httpx.get(f"{service.url}/v1/requests", headers=auth).json()["summary"]["requests"]
+    response = httpx.post(
+        f"{service.url}/v1/chat/completions",
+        content=json.dumps(body),
+        headers={**auth, "content-type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    after = httpx.get(f"{service.url}/v1/requests", headers=auth).json()["summary"]["requests"]
+    assert after == before + 1  # exactly one row, whatever the body
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(JSON | st.text(max_size=30), max_size=6),
+    suffix=st.sampled_from([".jsonl", ".csv"]),
+)
+def test_the_outcomes_loader_parses_or_names_the_problem(lines, suffix):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"outcomes{suffix}"
+        if suffix == ".jsonl":
+            text = "\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines)
+        else:
+            text = "prompt,model,quality\n" + "\n".join(
+                x if isinstance(x, str) else json.dumps(x) for x in lines
+            )
+        path.write_text(text)
+        try:
+            table = read_outcomes(path)
+        except OutcomesError as error:
+            assert str(error).startswith(str(path))
+            return
+        assert {"prompt", "model", "quality", "prompt_id"} <= set(table.columns)
+        assert table["quality"].between(0, 1).all()
