@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     reference_model: str | None = None  # savings are against it; None: the dearest router model
 
     max_body_bytes: int = 4 * 1024 * 1024
+    key_rate_per_minute: int | None = None  # chat requests per API key per replica; None: no cap
     retries: int = 2  # per model, after the first attempt
     backoff_base_s: float = 0.25
     backoff_max_s: float = 4.0

@@ -42,6 +42,7 @@ from service.pacing import Pacer
 from service.providers.base import Provider
 from service.providers.openai_compat import openai_direct, openrouter
 from service.providers.replay import ReplayProvider
+from service.providers.resilience import KeyRateLimit
 from service.recorder import Recorder
 from service.routing.learned import LearnedRouter
 from service.spend_breaker import SpendBreaker
@@ -195,6 +196,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reference = settings.reference_model or default_reference(catalog, router.models)
         state.analytics = Analytics(ledger.engine, catalog, reference)
         state.shutting_down = False
+        state.key_rate_limit = (
+            KeyRateLimit(settings.key_rate_per_minute) if settings.key_rate_per_minute else None
+        )
         state.router_version = router.version
         upkeep = asyncio.create_task(maintain(state))
         local_id = await ledger.ensure_tenant(LOCAL_TENANT)

@@ -4,15 +4,16 @@ Rows are not written on the response path: a request hands its finished record t
 answers; one writer task per process inserts whatever has queued as one batch, in one
 transaction that also settles the batch's budget holds, so under load the ledger costs one
 commit per batch instead of one per request. A failed batch is retried row by row (one bad row
-cannot lose the others), then again with backoff while the database is down. Reads that must
-see a caller's own requests (``/v1/requests``, feedback, analytics) ``flush`` first; shutdown
-drains the queue before the process exits.
+cannot lose the others), then again with backoff, for as long as the database is down. Reads
+that must see a caller's own requests (``/v1/requests``, feedback, analytics) ``flush`` first;
+shutdown drains the queue before the process exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from service.budgets import Window
@@ -24,6 +25,7 @@ from service.tables import requests
 
 log = logging.getLogger("switchboard")
 MAX_BATCH = 500
+DRAIN_TIMEOUT_S = 20.0
 RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 2.0, 5.0)
 
 
@@ -34,6 +36,7 @@ class Recorder:
         self.spend = spend
         self.queue: asyncio.Queue[RequestRecord] = asyncio.Queue()
         self.writer: asyncio.Task[None] | None = None
+        self.stopping: float | None = None  # when shutdown began
 
     async def finish(self, record: RequestRecord) -> None:
         """Queue a finished request's row (never blocks on the database)."""
@@ -51,6 +54,7 @@ class Recorder:
 
     async def drain(self) -> None:
         """At shutdown: write everything queued, then stop the writer."""
+        self.stopping = time.monotonic()
         await self.flush()
         if self.writer is not None:
             self.writer.cancel()
@@ -69,32 +73,37 @@ class Recorder:
                     self.queue.task_done()
 
     async def _write(self, batch: list[RequestRecord]) -> None:
-        for delay in (0.0, *RETRY_BACKOFF_S):
-            if delay:
-                await asyncio.sleep(delay)
+        """Write the batch; rows that fail are retried with backoff for as long as the process
+        runs (a database away for a while loses nothing), and at most ``DRAIN_TIMEOUT_S`` once
+        it is shutting down."""
+        windows: list[Window] = []
+        attempt = 0
+        while batch:
             try:
-                windows = await self._insert(batch)
+                windows += await self._insert(batch)
                 break
             except Exception:  # one bad row, or the database is away: write one by one
-                windows = []
                 failed = []
                 for record in batch:
                     try:
                         windows += await self._insert([record])
                     except Exception:
                         failed.append(record)
-                if not failed:
-                    break
                 batch = failed
-                log.exception("could not record %d request(s); retrying", len(batch))
-        else:
-            log.error("gave up recording requests %s", [r.id for r in batch])
-            return
+            if not batch:
+                break
+            if self.stopping is not None and time.monotonic() > self.stopping + DRAIN_TIMEOUT_S:
+                log.error("gave up recording requests %s", [r.id for r in batch])
+                break
+            delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+            log.warning("could not record %d request(s); retrying in %.2f s", len(batch), delay)
+            attempt += 1
+            await asyncio.sleep(delay)
         if windows:
             try:
                 await self.spend.alerts.budget_windows(windows)
             except Exception:
-                log.exception("budget alerts for a batch of %d requests failed", len(batch))
+                log.exception("budget alerts for a batch of %d requests failed", len(windows))
 
     async def _insert(self, batch: list[RequestRecord]) -> list[Window]:
         rows: list[dict[str, Any]] = [record.row() for record in batch]

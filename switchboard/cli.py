@@ -16,6 +16,7 @@ from switchboard.loop_cli import (
     judge_command,
     retrain_command,
     rollback_command,
+    soak_command,
 )
 from switchboard.report import report
 from switchboard.spend_cli import breaker_app, budget_app, models_app, reconcile
@@ -36,6 +37,7 @@ app.add_typer(experiment_app, name="experiment")
 app.command("retrain")(retrain_command)
 app.command("rollback")(rollback_command)
 app.command("judge")(judge_command)
+app.command("soak")(soak_command)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 

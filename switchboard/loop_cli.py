@@ -272,3 +272,23 @@ def judge_command(
     key = settings.admin_key.get_secret_value()
     counts = grade(settings.database_url, url, key, model, share, since, limit)
     typer.echo(json.dumps(counts))
+
+
+def soak_command(
+    requests: Annotated[int, typer.Option(help="How many requests.")] = 20_000,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 32,
+    database_url: Annotated[
+        str | None, typer.Option(help="Ledger database (default: a fresh SQLite file).")
+    ] = None,
+) -> None:
+    """Soak a real server with faults sprinkled in; check the ledger against the clients."""
+    import tempfile
+
+    from switchboard.soak import soak
+
+    workdir = Path(tempfile.mkdtemp(prefix="switchboard-soak-"))
+    url = database_url or f"sqlite:///{workdir / 'ledger.db'}"
+    result = soak(requests, concurrency, url, workdir / "service.log")
+    typer.echo(json.dumps(result.report(), indent=1))
+    if result.rows != result.sent or result.distinct_ids != result.rows:
+        fail(f"the ledger has {result.rows} rows for {result.sent} requests")

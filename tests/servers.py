@@ -19,14 +19,14 @@ from switchboard.service_process import free_port
 
 def upstream_settings(upstream_url: str, database_url: str, admin_key: str, **more) -> Settings:
     """Settings for a service in front of a fake OpenRouter-compatible upstream."""
-    return Settings(
-        upstream="openrouter",
-        openrouter_base_url=upstream_url,
-        openrouter_api_key="upstream-key",
-        database_url=database_url,
-        admin_key=admin_key,
-        **more,
-    )
+    values = {
+        "upstream": "openrouter",
+        "openrouter_base_url": upstream_url,
+        "openrouter_api_key": "upstream-key",
+        "database_url": database_url,
+        "admin_key": admin_key,
+    }
+    return Settings(**(values | more))
 
 
 class ServiceServer:
@@ -73,7 +73,9 @@ class ServiceServer:
 def postgres_database(server_url: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database on the server of ``server_url``, dropped afterwards."""
     name = f"switchboard_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(to_sync_url(server_url), isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(
+        to_sync_url(server_url), isolation_level="AUTOCOMMIT", pool_pre_ping=True
+    )
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     base = server_url.rsplit("/", 1)[0]

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from service.api.common import json_body
 from service.auth import authenticate
-from service.errors import APIError, RequestTimeout
+from service.errors import APIError, RateLimited, RequestTimeout
 from service.gateway import Plan, RouteContext
 from service.prompts import content_text, prompt_text
 from service.providers.base import MALFORMED, Chunk, Provider, UpstreamError
@@ -29,6 +29,12 @@ async def chat_completions(request: Request) -> Response:
     record = RequestRecord(principal, "chat.completions")
     streaming = False
     try:
+        limiter = state.key_rate_limit
+        wait = limiter.wait_s(principal.api_key_id or principal.tenant) if limiter else 0.0
+        if wait > 0:
+            raise RateLimited(
+                "this API key is over its request rate", code="key_rate_limited", retry_after_s=wait
+            )
         chat: ChatRequest = parse(ChatRequest, await json_body(request))
         record.stream, record.end_user = chat.stream, chat.user
         controls = merge_controls(chat.switchboard, controls_from_headers(request.headers))

@@ -23,6 +23,7 @@ from service.providers.base import (
     UpstreamError,
     Usage,
     error_for_status,
+    redact,
 )
 
 DONE = b"[DONE]"
@@ -73,6 +74,7 @@ class OpenAICompatibleProvider:
         self._serves = serves
         self._native = native
         self.stream_usage = stream_usage
+        self.api_key = api_key
         self.headers = {"Authorization": f"Bearer {api_key}", **(extra_headers or {})}
 
     def serves(self, model: str) -> bool:
@@ -93,7 +95,7 @@ class OpenAICompatibleProvider:
         if response.status_code >= 400:
             raise error_for_status(
                 response.status_code,
-                f"{self.name}: {_error_message(response)}",
+                f"{self.name}: {redact(_error_message(response), self.api_key)}",
                 response.headers.get("retry-after"),
                 self.name,
             )
@@ -124,7 +126,7 @@ class OpenAICompatibleProvider:
                     await response.aread()
                     raise error_for_status(
                         response.status_code,
-                        f"{self.name}: {_error_message(response)}",
+                        f"{self.name}: {redact(_error_message(response), self.api_key)}",
                         response.headers.get("retry-after"),
                         self.name,
                     )

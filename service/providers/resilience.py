@@ -102,3 +102,24 @@ class ConcurrencyLimit:
             yield
         finally:
             self._semaphore.release()
+
+
+class KeyRateLimit:
+    """A token bucket per API key: ``per_minute`` requests a minute, bursts up to that many.
+    Per process: with N replicas behind a balancer a key gets up to N times the rate."""
+
+    def __init__(self, per_minute: int):
+        self.rate = per_minute / 60.0
+        self.capacity = float(per_minute)
+        self.buckets: dict[object, tuple[float, float]] = {}
+
+    def wait_s(self, key: object) -> float:
+        """0 if the key may make a request now (and take its token), else seconds to wait."""
+        now = time.monotonic()
+        tokens, last = self.buckets.get(key, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        if tokens >= 1:
+            self.buckets[key] = (tokens - 1, now)
+            return 0.0
+        self.buckets[key] = (tokens, now)
+        return (1 - tokens) / self.rate
