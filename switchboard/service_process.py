@@ -88,3 +88,34 @@ class ServiceProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def new_key(database_url: str, tenant: str) -> str:
+    """Migrate the database if needed and create an API key for ``tenant`` in it."""
+    import asyncio
+
+    from service.config import to_async_url
+    from service.ledger import Ledger
+    from service.migrate import upgrade
+
+    upgrade(database_url)
+
+    async def create() -> str:
+        ledger = Ledger.connect(to_async_url(database_url))
+        try:
+            return (await ledger.create_key(tenant))[0]
+        finally:
+            await ledger.close()
+
+    return asyncio.run(create())
+
+
+def upstream_env(database_url: str, upstream_url: str, **more: str) -> dict[str, str | None]:
+    """Environment for ``switchboard serve`` in front of an OpenRouter-compatible upstream."""
+    env: dict[str, str | None] = {
+        "SWITCHBOARD_DATABASE_URL": database_url,
+        "SWITCHBOARD_OPENROUTER_BASE_URL": upstream_url,
+        "OPENROUTER_API_KEY": "upstream-key",
+        "SWITCHBOARD_UPSTREAM": "openrouter",
+    }
+    return env | {f"SWITCHBOARD_{name.upper()}": value for name, value in more.items()}

@@ -23,11 +23,9 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from service.config import Settings, to_async_url, to_sync_url
-from service.ledger import Ledger
-from service.migrate import upgrade
+from service.config import Settings, to_sync_url
 from switchboard.fake_upstream import FakeUpstreamServer, catalog_prices
-from switchboard.service_process import ServiceProcess
+from switchboard.service_process import ServiceProcess, new_key, upstream_env
 
 FAULTS = ("429", "500", "503", "reset", "malformed", "cut_stream")
 
@@ -53,27 +51,16 @@ def _usage(pid: int) -> dict[str, float]:
 
 
 def soak(requests: int, concurrency: int, database_url: str, log_path: Path) -> SoakResult:
-    upgrade(database_url)
-
-    async def new_key() -> str:
-        ledger = Ledger.connect(to_async_url(database_url))
-        try:
-            return (await ledger.create_key("soak"))[0]
-        finally:
-            await ledger.close()
-
-    key = asyncio.run(new_key())
+    key = new_key(database_url, "soak")
     models = json.loads((Settings().router_dir / "router.json").read_text())["models"]
     with FakeUpstreamServer(catalog_prices(models)) as upstream:
-        env: dict[str, str | None] = {
-            "SWITCHBOARD_DATABASE_URL": database_url,
-            "SWITCHBOARD_OPENROUTER_BASE_URL": upstream.url,
-            "OPENROUTER_API_KEY": "upstream-key",
-            "SWITCHBOARD_UPSTREAM": "openrouter",
-            "SWITCHBOARD_BACKOFF_BASE_S": "0.01",
-            "SWITCHBOARD_BACKOFF_MAX_S": "0.05",
-            "SWITCHBOARD_BREAKER_FAILURES": "1000",
-        }
+        env = upstream_env(
+            database_url,
+            upstream.url,
+            backoff_base_s="0.01",
+            backoff_max_s="0.05",
+            breaker_failures="1000",
+        )
         service = ServiceProcess(env, log_path=log_path).start()
         assert service.process is not None
         pid = service.process.pid

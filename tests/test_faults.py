@@ -3,7 +3,6 @@ ledger must hold exactly one row per request either way."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -14,11 +13,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from service.config import Settings, to_async_url, to_sync_url
-from service.ledger import Ledger
-from service.migrate import upgrade
+from service.config import Settings, to_sync_url
 from switchboard.fake_upstream import FakeUpstreamServer, catalog_prices
-from switchboard.service_process import ServiceProcess
+from switchboard.service_process import ServiceProcess, new_key, upstream_env
 from switchboard.soak import soak
 from tests.servers import postgres_database
 
@@ -41,24 +38,10 @@ def test_a_short_soak_with_faults_loses_and_duplicates_no_row(tmp_path):
 )
 def test_postgres_restarted_mid_load_loses_no_row(tmp_path):
     with postgres_database(os.environ["SWITCHBOARD_TEST_POSTGRES_URL"]) as url:
-        upgrade(url)
-
-        async def key() -> str:
-            ledger = Ledger.connect(to_async_url(url))
-            try:
-                return (await ledger.create_key("restart"))[0]
-            finally:
-                await ledger.close()
-
-        api_key = asyncio.run(key())
+        api_key = new_key(url, "restart")
         models = json.loads((Settings().router_dir / "router.json").read_text())["models"]
         with FakeUpstreamServer(catalog_prices(models)) as upstream:
-            env: dict[str, str | None] = {
-                "SWITCHBOARD_DATABASE_URL": url,
-                "SWITCHBOARD_OPENROUTER_BASE_URL": upstream.url,
-                "OPENROUTER_API_KEY": "upstream-key",
-                "SWITCHBOARD_UPSTREAM": "openrouter",
-            }
+            env = upstream_env(url, upstream.url)
             with ServiceProcess(env, log_path=tmp_path / "service.log") as service:
                 statuses = []
                 headers = {"Authorization": f"Bearer {api_key}"}

@@ -19,7 +19,7 @@ from service.ledger import Ledger
 from service.migrate import upgrade
 from service.routing.learned import LearnedRouter
 from switchboard.fake_upstream import FakeUpstreamServer, catalog_prices
-from switchboard.service_process import ServiceProcess
+from switchboard.service_process import ServiceProcess, upstream_env
 from tests.servers import postgres_database
 
 pytestmark = [
@@ -50,14 +50,9 @@ def test_two_replicas_share_experiments_and_pick_up_a_new_champion(tmp_path):
         keys = asyncio.run(prepare())
         models = json.loads((Settings().router_dir / "router.json").read_text())["models"]
         with FakeUpstreamServer(catalog_prices(models)) as upstream:
-            env: dict[str, str | None] = {
-                "SWITCHBOARD_DATABASE_URL": url,
-                "SWITCHBOARD_OPENROUTER_BASE_URL": upstream.url,
-                "OPENROUTER_API_KEY": "upstream-key",
-                "SWITCHBOARD_UPSTREAM": "openrouter",
-                "SWITCHBOARD_ROUTER_DIR": str(router_dir),
-                "SWITCHBOARD_UPKEEP_INTERVAL_S": "0.5",
-            }
+            env = upstream_env(
+                url, upstream.url, router_dir=str(router_dir), upkeep_interval_s="0.5"
+            )
             replicas = [ServiceProcess(env, log_path=tmp_path / f"r{i}.log") for i in (1, 2)]
             for replica in replicas:
                 replica.launch()

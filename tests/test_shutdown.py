@@ -10,11 +10,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from service.config import Settings, to_async_url, to_sync_url
-from service.ledger import Ledger
-from service.migrate import upgrade
+from service.config import Settings, to_sync_url
 from switchboard.fake_upstream import FakeUpstreamServer, catalog_prices
-from switchboard.service_process import ServiceProcess
+from switchboard.service_process import ServiceProcess, new_key, upstream_env
 
 pytestmark = pytest.mark.slow
 MODEL = "openai/gpt-4o-mini"
@@ -22,26 +20,12 @@ MODEL = "openai/gpt-4o-mini"
 
 def test_sigterm_lets_requests_in_flight_finish_and_records_them(tmp_path):
     database = f"sqlite:///{tmp_path / 'ledger.db'}"
-    upgrade(database)
-
-    async def key() -> str:
-        ledger = Ledger.connect(to_async_url(database))
-        try:
-            return (await ledger.create_key("graceful"))[0]
-        finally:
-            await ledger.close()
-
-    api_key = asyncio.run(key())
+    api_key = new_key(database, "graceful")
     models = json.loads((Settings().router_dir / "router.json").read_text())["models"]
     with FakeUpstreamServer(catalog_prices([*models, MODEL])) as upstream:
         slow = {"model": "*", "fault": "none", "latency_ms": 1500, "times": -1}
         httpx.post(f"{upstream.control_url}/faults", json=slow).raise_for_status()
-        env: dict[str, str | None] = {
-            "SWITCHBOARD_DATABASE_URL": database,
-            "SWITCHBOARD_OPENROUTER_BASE_URL": upstream.url,
-            "OPENROUTER_API_KEY": "upstream-key",
-            "SWITCHBOARD_UPSTREAM": "openrouter",
-        }
+        env = upstream_env(database, upstream.url)
         service = ServiceProcess(env, log_path=tmp_path / "service.log").start()
 
         async def in_flight() -> list[int]:
