@@ -339,6 +339,9 @@ def run(postgres_url: str | None) -> dict[str, Any]:
     import logging
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per streamed request
+    missing = [tool for tool in ("wrk", "hey") if shutil.which(tool) is None]
+    if missing:
+        raise RuntimeError(f"the gateway benchmark needs {' and '.join(missing)} (apt install)")
     litellm_version = install_litellm()
     database = BENCH / "ledger.db"
     for leftover in BENCH.glob("ledger.db*"):
