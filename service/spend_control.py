@@ -117,9 +117,9 @@ class SpendControl:
         self, principal: Principal, models: list[str], body: dict[str, Any]
     ) -> dict[str, Any]:
         """The upstream body, with ``max_tokens`` set if a budget may apply and it has none."""
-        for model in models:
-            if await self.applicable(principal, model):
-                return bound_output(body, self.settings)
+        budgets = await self.store.all()
+        if any(b.applies(principal, m) for b in budgets for m in models):
+            return bound_output(body, self.settings)
         return body
 
     async def hold(self, record: RequestRecord, model: str, body: dict[str, Any]) -> Hold | None:

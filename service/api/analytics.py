@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from service.analytics import Range, Scope, parse_range
-from service.api.budgets import visible
+from service.api.budgets import visible_budgets
 from service.api.common import flushed
 from service.auth import authenticate
 from service.errors import Forbidden, InvalidRequest, NotFound
@@ -109,6 +109,5 @@ async def budgets(request: Request) -> dict[str, Any]:
     principal = await authenticate(request)
     await flushed(request)
     store = request.app.state.budgets
-    store.invalidate()
-    shown = [b for b in await store.all() if visible(b, principal)]
+    shown = await visible_budgets(request, principal)
     return {"data": await request.app.state.analytics.budgets(store, shown)}

@@ -47,6 +47,13 @@ def visible(budget: Budget, principal: Principal) -> bool:
     return False  # global and model budgets sum every tenant's spend: the admin's to see
 
 
+async def visible_budgets(request: Request, principal: Principal) -> list[Budget]:
+    """The budgets the caller may see, read fresh from the database."""
+    store = request.app.state.budgets
+    store.invalidate()
+    return [b for b in await store.all() if visible(b, principal)]
+
+
 async def _status(request: Request, budget: Budget) -> dict[str, Any]:
     window = await request.app.state.budgets.window(budget)
     return window.status()
@@ -91,9 +98,7 @@ async def list_budgets(request: Request) -> dict[str, Any]:
     """The caller's budgets with their current spend, holds and reset times."""
     principal = await authenticate(request)
     await flushed(request)
-    store = request.app.state.budgets
-    store.invalidate()
-    shown = [b for b in await store.all() if visible(b, principal)]
+    shown = await visible_budgets(request, principal)
     return {"object": "list", "data": [await _status(request, b) for b in shown]}
 
 
@@ -116,8 +121,7 @@ async def list_alerts(request: Request, limit: int = 100) -> dict[str, Any]:
         raise InvalidRequest("limit must be between 1 and 1000", param="limit")
     scopes = None
     if not principal.admin:
-        store = request.app.state.budgets
-        scopes = [b.scope for b in await store.all() if visible(b, principal)]
+        scopes = [b.scope for b in await visible_budgets(request, principal)]
     rows = await request.app.state.alerts.list(scopes, limit)
     return {"object": "list", "data": rows}
 
