@@ -12,7 +12,8 @@ The hierarchy maps one-to-one to HTTP statuses and stable ``code`` strings:
 - ``Unroutable`` 422 ``no_candidate_model`` (the constraints leave no model)
 - ``RateLimited`` 429 ``rate_limited`` / ``queue_full``, with Retry-After
 - ``UpstreamFailed`` 502 ``upstream_error``
-- ``Unavailable`` 503 ``no_upstream`` (nothing can serve the request, e.g. replay has no recording)
+- ``Unavailable`` 503 ``no_upstream`` (nothing can serve the request, e.g. replay has no recording),
+  ``ledger_unavailable`` (a budget applies and its hold cannot be written), with Retry-After
 """
 
 from __future__ import annotations

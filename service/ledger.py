@@ -22,6 +22,7 @@ from service.tables import api_keys, feedback, requests, tenants
 
 KEY_PREFIX = "sb-"
 AUTH_CACHE_SECONDS = 30.0
+SQLITE_READONLY = 8  # the primary result code of "attempt to write a readonly database"
 
 
 def hash_key(key: str) -> str:
@@ -64,6 +65,17 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _drop_read_only_connection(context: Any) -> None:
+    """SQLite opens the file read-only when it may not write it at that moment, and that
+    connection stays read-only when the permission comes back. Its first failed write drops it
+    from the pool (as if disconnected; the pool's other connections stay), so the retry opens a
+    fresh connection, which writes once the file is writable again."""
+    code = getattr(context.original_exception, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF == SQLITE_READONLY:
+        context.is_disconnect = True
+        context.invalidate_pool_on_disconnect = False
+
+
 class Ledger:
     """Async access to the ledger tables."""
 
@@ -75,12 +87,15 @@ class Ledger:
     def connect(cls, async_url: str) -> Ledger:
         options: dict[str, Any] = {}
         if async_url.startswith("sqlite"):
-            options["connect_args"] = {"timeout": 30}
+            # one connection per process: SQLite takes one writer at a time anyway, and
+            # queueing in the pool is fair and immediate where its busy handler sleeps and retries
+            options.update(connect_args={"timeout": 30}, pool_size=1, max_overflow=0)
         else:
             options.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         engine = create_async_engine(async_url, **options)
         if async_url.startswith("sqlite"):
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            sa.event.listen(engine.sync_engine, "handle_error", _drop_read_only_connection)
         return cls(engine)
 
     async def close(self) -> None:

@@ -83,12 +83,13 @@ class Recorder:
                 windows += await self._insert(batch)
                 break
             except Exception:  # one bad row, or the database is away: write one by one
-                failed = []
+                failed, error = [], None
                 for record in batch:
                     try:
                         windows += await self._insert([record])
-                    except Exception:
+                    except Exception as exc:
                         failed.append(record)
+                        error = exc
                 batch = failed
             if not batch:
                 break
@@ -96,7 +97,12 @@ class Recorder:
                 log.error("gave up recording requests %s", [r.id for r in batch])
                 break
             delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
-            log.warning("could not record %d request(s); retrying in %.2f s", len(batch), delay)
+            log.warning(
+                "could not record %d request(s) (%s); retrying in %.2f s",
+                len(batch),
+                getattr(error, "orig", error),
+                delay,
+            )
             attempt += 1
             await asyncio.sleep(delay)
         if windows:

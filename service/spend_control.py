@@ -15,10 +15,12 @@ Steering (for ``switchboard/auto`` only; explicit models run until a hard cap st
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.alerts import Alerts
@@ -26,10 +28,13 @@ from service.budgets import Budget, BudgetExceeded, BudgetStore, Hold, Window, u
 from service.catalog import Catalog
 from service.config import Settings
 from service.costs import bound_output, budget_charge, worst_case_cost
-from service.errors import PaymentRequired
+from service.errors import PaymentRequired, Unavailable
 from service.ledger import Principal
 from service.record import RequestRecord
 from service.spend_breaker import SpendBreaker
+
+log = logging.getLogger("switchboard")
+LEDGER_RETRY_AFTER_S = 5.0
 
 
 @dataclass
@@ -124,7 +129,8 @@ class SpendControl:
 
     async def hold(self, record: RequestRecord, model: str, body: dict[str, Any]) -> Hold | None:
         """Reserve the call's worst-case cost on every budget it counts against (402 if one has
-        no room); None when no budget applies."""
+        no room, 503 if the ledger cannot be written: no call without its hold); None when no
+        budget applies."""
         applicable = await self.applicable(record.principal, model)
         if not applicable:
             return None
@@ -145,9 +151,22 @@ class SpendControl:
             if 1.0 in exceeded.window.budget.alert_at:  # exhausted: the 100 % alert, once
                 await self.alerts.budget_threshold(exceeded.window, 1.0, amount)
             raise
+        except OperationalError as error:  # read-only, locked or away
+            log.warning("could not hold the budgets of request %s: %s", record.id, error.orig)
+            raise Unavailable(
+                "the ledger cannot be written just now, so the budget this request counts "
+                "against cannot be held; retry shortly",
+                code="ledger_unavailable",
+                retry_after_s=LEDGER_RETRY_AFTER_S,
+            ) from None
 
     async def release(self, hold: Hold) -> None:
-        await self.store.release(hold)
+        """Give a failed call's hold back; if the ledger cannot be written, the hold expires
+        and upkeep releases it then."""
+        try:
+            await self.store.release(hold)
+        except OperationalError as error:
+            log.warning("could not release a budget hold (it expires instead): %s", error.orig)
 
     def charge(self, record: RequestRecord) -> float:
         """What the call costs its budgets: nothing unless an answer (or part of one) came."""

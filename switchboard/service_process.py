@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,8 @@ def free_port() -> int:
 class ServiceProcess:
     """``with ServiceProcess(env) as service: service.url``; waits for ``/readyz``.
 
-    ``env`` adds to (or, with value ``None``, removes from) this process's environment.
+    ``env`` adds to (or, with value ``None``, removes from) this process's environment;
+    ``wrapper`` is a command that runs the service (``setpriv`` as another user, say).
     """
 
     def __init__(
@@ -30,6 +32,7 @@ class ServiceProcess:
         workers: int = 1,
         log_path: Path | None = None,
         start_timeout_s: float = 180.0,
+        wrapper: Sequence[str] = (),
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -42,6 +45,7 @@ class ServiceProcess:
         self.workers = workers
         self.log_path = log_path
         self.start_timeout_s = start_timeout_s
+        self.wrapper = list(wrapper)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:
@@ -49,7 +53,8 @@ class ServiceProcess:
 
     def launch(self) -> ServiceProcess:
         """Start the process without waiting (start several, then ``wait_ready`` each)."""
-        command = [sys.executable, "-m", "switchboard", "serve", "--host", "127.0.0.1"]
+        command = [*self.wrapper, sys.executable, "-m", "switchboard", "serve"]
+        command += ["--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--workers", str(self.workers)]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)

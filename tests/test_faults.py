@@ -1,13 +1,20 @@
-"""Faults: a soak with upstream faults sprinkled in, and PostgreSQL restarted under load; the
-ledger must hold exactly one row per request either way."""
+"""Faults: a soak with upstream faults sprinkled in, PostgreSQL restarted under load, and the
+SQLite ledger made read-only under load; the ledger must hold exactly one row per request in
+every case."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+import stat
 import subprocess
+import sys
 import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -64,3 +71,182 @@ def test_postgres_restarted_mid_load_loses_no_row(tmp_path):
     assert statuses.count(200) == 300
     # ... and every row was written once the database was back
     assert tuple(rows) == (300, 300)
+
+
+# --- the SQLite ledger made read-only under load -------------------------------------------------
+
+NOBODY = 65534
+PROBE = """import sys
+try:
+    open(sys.argv[1], "a")
+except PermissionError:
+    sys.exit(0)
+sys.exit(3)
+"""
+
+
+def _unprivileged(probe_dir: Path) -> list[str]:
+    """The command prefix that runs the service where permission bits stop its writes.
+
+    Root ignores permission bits, so as root the service runs as ``nobody`` through setpriv,
+    keeping CAP_DAC_READ_SEARCH alone: it still reads and traverses what root can (the
+    virtualenv's interpreter may live under a 0700 /root), but its writes obey the permission
+    bits. Any other user is bound by them already: no prefix. Skips if neither is possible."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permission bits would stop no write")
+    wrapper = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    wrapper += ["--inh-caps=-all,+dac_read_search", "--ambient-caps=-all,+dac_read_search"]
+    probe = probe_dir / "not-writable"
+    probe.write_text("")
+    probe.chmod(0o444)
+    check = subprocess.run(
+        [*wrapper, sys.executable, "-c", PROBE, str(probe)], capture_output=True, text=True
+    )
+    if check.returncode != 0:
+        pytest.skip(
+            f"cannot run a process as uid {NOBODY} whose writes obey permission bits "
+            f"(exit {check.returncode}: {check.stderr.strip()[-300:]})"
+        )
+    return wrapper
+
+
+def _set_writable(database: Path, writable: bool) -> None:
+    """``chmod a-w`` the database file and its directory (no journal can be created there),
+    or give their owner write permission back."""
+    for path in (database, database.parent):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        path.chmod(mode | stat.S_IWUSR if writable else mode & ~0o222)
+
+
+@dataclass
+class Answer:
+    phase: str
+    tenant: str
+    status: int  # 0: no HTTP answer
+    request_id: str | None
+    code: str | None  # the error's code (OpenAI shape)
+    seconds: float
+
+
+async def _send(
+    url: str, keys: dict[str, str], phase: str, count: int, concurrency: int, pause_s: float = 0.0
+) -> list[Answer]:
+    """``count`` chat requests, the tenants taking turns, one in three streamed."""
+    answers: list[Answer] = []
+    pending = list(range(count))
+    tenants = sorted(keys)
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def worker() -> None:
+            while pending:
+                i = pending.pop(0)
+                tenant = tenants[i % len(tenants)]
+                body = {
+                    "model": "switchboard/auto",
+                    "messages": [{"role": "user", "content": f"{phase}: request {i}"}],
+                    "stream": i % 3 == 0,
+                }
+                headers = {"Authorization": f"Bearer {keys[tenant]}"}
+                started = time.perf_counter()
+                try:
+                    async with client.stream(
+                        "POST", f"{url}/v1/chat/completions", json=body, headers=headers
+                    ) as response:
+                        text = (await response.aread()).decode()
+                except httpx.TransportError:
+                    answers.append(Answer(phase, tenant, 0, None, None, 0.0))
+                    continue
+                code = None
+                if response.status_code != 200:
+                    error = json.loads(text)["error"]  # the OpenAI shape, not a traceback
+                    assert set(error) == {"message", "type", "param", "code"}, text
+                    code = error["code"]
+                    if response.status_code == 503:
+                        assert "retry-after" in response.headers
+                elif body["stream"]:
+                    assert text.rstrip().endswith("data: [DONE]"), text[-300:]
+                request_id = response.headers.get("x-switchboard-request-id")
+                seconds = time.perf_counter() - started
+                answers.append(
+                    Answer(phase, tenant, response.status_code, request_id, code, seconds)
+                )
+                await asyncio.sleep(pause_s)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return answers
+
+
+def test_sqlite_ledger_made_read_only_under_load_loses_and_duplicates_no_row(tmp_path):
+    """The ledger file and its directory made read-only (chmod a-w) under load, through a
+    restart, then writable again. Every request is answered: 200, or for a tenant under a budget
+    (whose hold needs a write) 503 ``ledger_unavailable`` while the ledger cannot be written;
+    after a graceful stop every request has exactly one row, with the status its caller saw."""
+    from service.routing.learned import LearnedRouter
+
+    wrapper = _unprivileged(tmp_path)
+    ledger_dir, home = tmp_path / "ledger", tmp_path / "home"
+    ledger_dir.mkdir()
+    home.mkdir()
+    database = ledger_dir / "ledger.db"
+    url = f"sqlite:///{database}"
+    keys = {tenant: new_key(url, tenant) for tenant in ("budgeted", "free")}
+    if wrapper:  # the service's user owns what it writes
+        for path in (home, ledger_dir, *ledger_dir.iterdir()):
+            os.chown(path, NOBODY, NOBODY)
+    # what the router caches (its embedding table) is built here: the service may not write it
+    router = LearnedRouter.load(Settings().router_dir)
+    router.p_pass(["warm up"], router.models)
+    log_path = tmp_path / "service.log"
+    answers: list[Answer] = []
+    with FakeUpstreamServer(catalog_prices(router.models)) as upstream:
+        env = upstream_env(url, upstream.url, admin_key="admin-key") | {"HOME": str(home)}
+        with ServiceProcess(env, log_path=log_path, wrapper=wrapper) as service:
+            response = httpx.post(
+                f"{service.url}/v1/admin/budgets",
+                json={"scope": "tenant:budgeted", "period": "total", "limit_usd": 1000},
+                headers={"Authorization": "Bearer admin-key"},
+            )
+            assert response.status_code == 200, response.text
+            answers += asyncio.run(_send(service.url, keys, "writable", 60, 8))
+            _set_writable(database, False)
+            # permission bits are checked when a file is opened: the connections this process
+            # opened before keep writing (any it opens now are read-only)
+            answers += asyncio.run(_send(service.url, keys, "read-only", 60, 8))
+        # a restart while read-only: every connection the new process opens is read-only, and
+        # the rows queue while its recorder retries (0.05, 0.2, 1, 2 s apart)
+        with ServiceProcess(env, log_path=log_path, wrapper=wrapper) as service:
+            answers += asyncio.run(_send(service.url, keys, "restarted read-only", 60, 4, 0.2))
+            _set_writable(database, True)
+            answers += asyncio.run(_send(service.url, keys, "writable again", 60, 8))
+        # stopped with SIGTERM: the recorder drains its queue before the process exits
+    engine = sa.create_engine(to_sync_url(url))
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, status, http_status, error_code FROM requests"))
+        by_id = {row.id: row for row in rows}
+        row_count = conn.scalar(sa.text("SELECT count(*) FROM requests"))
+    engine.dispose()
+    log = log_path.read_text()
+
+    seen = Counter((a.phase, a.tenant, a.status) for a in answers)
+    statuses = Counter(f"{a.status} {a.code or ''}".strip() for a in answers)
+    print(f"{len(answers)} requests: {dict(statuses)}; {row_count} rows, {len(by_id)} ids")
+    # every request answered, none slowly ...
+    assert len(answers) == 240 and all(a.status for a in answers)
+    assert max(a.seconds for a in answers) < 10
+    # ... 200, except the budgeted tenant's while its hold cannot be written: a clear 503
+    for a in answers:
+        refused = (a.tenant, a.status, a.code) == ("budgeted", 503, "ledger_unavailable")
+        assert a.status == 200 or refused, a
+    assert seen["restarted read-only", "budgeted", 503] == 30  # the fault took effect ...
+    assert "could not record" in log and "attempt to write a readonly database" in log
+    assert seen["writable", "budgeted", 200] == 30
+    assert seen["writable again", "budgeted", 200] >= 20  # ... and writes resumed after it
+    # one row per request, with the status its caller saw
+    assert row_count == len(by_id) == len(answers)
+    for a in answers:
+        assert a.request_id is not None
+        row = by_id[a.request_id]
+        expected = ("ok", 200, None) if a.status == 200 else ("error", a.status, a.code)
+        assert (row.status, row.http_status, row.error_code) == expected, a
