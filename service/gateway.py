@@ -3,7 +3,8 @@ fallbacks, price the answer, and keep the record.
 
 Planning: ``switchboard/auto`` scores every candidate the router knows (allowed, served by a
 configured upstream, circuit not open) and orders them: the decision first, then the other
-candidates that clear the threshold, cheapest first, then the rest, most likely to pass first.
+candidates that clear the threshold, cheapest first, then the rest, most likely to pass first
+(under the value rule: by expected net value).
 An explicit model is tried alone, or with OpenRouter's ``models`` list as its ordered fallbacks.
 
 Execution: each model gets ``retries`` more attempts on retryable failures (429, 5xx, timeouts,
@@ -160,17 +161,20 @@ class Gateway:
             threshold = self.settings.default_threshold
         if threshold is None:
             threshold = self.router.default_threshold
+        value = controls.answer_value_usd
         if steering is not None and steering.threshold_cap is not None:
-            threshold = min(threshold, steering.threshold_cap)
+            # a budget under pressure steers by the threshold rule, whatever rule was asked for
+            threshold, value = min(threshold, steering.threshold_cap), None
         if steering is not None and steering.reasons:
             record.spend_control = ", ".join(steering.reasons)[:300]
         try:
             decision = decide(
-                models, p_pass, cost, threshold, router_name, None, controls.max_cost_usd
+                models, p_pass, cost, threshold, router_name, None, controls.max_cost_usd, value
             )
         except NoCandidateError as error:
             raise Unroutable(str(error), param="switchboard.max_cost_usd") from None
-        record.router, record.router_version, record.threshold = router_name, version, threshold
+        record.router, record.router_version = router_name, version
+        record.threshold = decision.threshold
         record.candidates = [
             {"model": c.model, "p_pass": c.p_pass, "expected_cost_usd": c.expected_cost_usd}
             for c in decision.candidates
@@ -190,9 +194,20 @@ class Gateway:
         record.propensity = propensity
         if not math.isnan(cost[index]):
             record.expected_cost_usd = float(cost[index])
-        clearing = sorted((j for j in within_cap if p_pass[j] >= threshold), key=lambda j: cost[j])
-        rest = sorted((j for j in within_cap if p_pass[j] < threshold), key=lambda j: -p_pass[j])
-        order = [chosen, decision.model] + [models[j] for j in clearing + rest]
+        if value is not None:  # fallbacks by expected net value
+            fallbacks = sorted(
+                within_cap,
+                key=lambda j: math.inf if math.isnan(cost[j]) else cost[j] - value * p_pass[j],
+            )
+        else:
+            clearing = sorted(
+                (j for j in within_cap if p_pass[j] >= threshold), key=lambda j: cost[j]
+            )
+            rest = sorted(
+                (j for j in within_cap if p_pass[j] < threshold), key=lambda j: -p_pass[j]
+            )
+            fallbacks = clearing + rest
+        order = [chosen, decision.model] + [models[j] for j in fallbacks]
         return list(dict.fromkeys(order))
 
     def plan(

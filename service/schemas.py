@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from service.errors import InvalidRequest
 
@@ -24,9 +31,19 @@ class RoutingControls(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     quality_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    # what a passing answer is worth to the caller: switches to the value rule
+    answer_value_usd: float | None = Field(None, gt=0.0, le=1e6)
     allowed_models: list[str] | None = Field(None, min_length=1)
     max_cost_usd: float | None = Field(None, ge=0.0)
     router: Literal["learned", "champion", "challenger", "heuristic"] | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> RoutingControls:
+        if self.quality_threshold is not None and self.answer_value_usd is not None:
+            raise ValueError(
+                "give quality_threshold (threshold rule) or answer_value_usd (value rule), not both"
+            )
+        return self
 
 
 class ChatRequest(BaseModel):
@@ -113,6 +130,8 @@ def controls_from_headers(headers: Any) -> RoutingControls | None:
     values: dict[str, Any] = {}
     if (threshold := headers.get("x-switchboard-quality-threshold")) is not None:
         values["quality_threshold"] = threshold
+    if (value := headers.get("x-switchboard-answer-value-usd")) is not None:
+        values["answer_value_usd"] = value
     if (allowed := headers.get("x-switchboard-allowed-models")) is not None:
         values["allowed_models"] = [m.strip() for m in allowed.split(",") if m.strip()]
     if (cap := headers.get("x-switchboard-max-cost-usd")) is not None:
@@ -125,6 +144,8 @@ def controls_from_headers(headers: Any) -> RoutingControls | None:
         return RoutingControls.model_validate(values)
     except ValidationError as error:
         first = error.errors()[0]
+        if not first["loc"]:  # a rule over several headers
+            raise InvalidRequest(first["msg"].removeprefix("Value error, ")) from None
         field = str(first["loc"][0]).replace("_", "-")
         raise InvalidRequest(f"x-switchboard-{field}: {first['msg']}", param=field) from None
 
@@ -132,7 +153,12 @@ def controls_from_headers(headers: Any) -> RoutingControls | None:
 def merge_controls(
     body: RoutingControls | None, headers: RoutingControls | None
 ) -> RoutingControls:
-    """Body controls win over header controls, field by field."""
+    """Body controls win over header controls, field by field (the rule as a whole: a body
+    threshold or answer value replaces either one from the headers)."""
     merged = (headers or RoutingControls()).model_dump(exclude_none=True)
-    merged.update((body or RoutingControls()).model_dump(exclude_none=True))
+    from_body = (body or RoutingControls()).model_dump(exclude_none=True)
+    if {"quality_threshold", "answer_value_usd"} & from_body.keys():
+        merged.pop("quality_threshold", None)
+        merged.pop("answer_value_usd", None)
+    merged.update(from_body)
     return RoutingControls.model_validate(merged)

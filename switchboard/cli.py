@@ -274,6 +274,12 @@ def route(
     max_cost_usd: Annotated[
         float | None, typer.Option(help="Only candidates expected to cost at most this.")
     ] = None,
+    answer_value_usd: Annotated[
+        float | None,
+        typer.Option(
+            help="What a passing answer is worth (USD): decide by the value rule instead."
+        ),
+    ] = None,
     router: Annotated[Path | None, typer.Option(help="Router directory.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
@@ -285,9 +291,13 @@ def route(
         fail("the prompt is empty")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         fail("--threshold must be in [0, 1]")
+    if answer_value_usd is not None and not answer_value_usd > 0:
+        fail("--answer-value-usd must be above 0")
+    if answer_value_usd is not None and threshold is not None:
+        fail("give --threshold (threshold rule) or --answer-value-usd (value rule), not both")
     allowed = [m.strip() for m in allowed_models.split(",")] if allowed_models else None
     try:
-        decision = route_prompt(prompt, threshold, allowed, max_cost_usd, router)
+        decision = route_prompt(prompt, threshold, allowed, max_cost_usd, router, answer_value_usd)
     except (ValueError, KeyError) as error:
         fail(str(error).strip('"'))
     if as_json:

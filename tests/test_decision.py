@@ -3,9 +3,11 @@ import pytest
 
 from service.routing.decision import (
     CLEARS_THRESHOLD,
+    HIGHEST_VALUE,
     MOST_LIKELY,
     NoCandidateError,
     choose,
+    choose_by_value,
     decide,
     expected_costs,
 )
@@ -72,3 +74,30 @@ def test_expected_costs_bound_the_answer_by_the_requests_max_tokens(catalog):
     prompt_only = expected_costs(["Explain entropy."], models, catalog, max_output_tokens=0)
     info = catalog.get(models[0])
     assert capped[0, 0] - prompt_only[0, 0] == pytest.approx(info.completion_usd_per_token)
+
+
+def test_value_rule_picks_the_highest_expected_net_value():
+    p = np.array([0.5, 0.8, 0.95])
+    # worth $0.02: 0.0090, 0.0060, -0.0810 -> cheap; worth $1: 0.499, 0.79, 0.85 -> frontier
+    low = decide(MODELS, p, COST, 0.7, "t", answer_value_usd=0.02)
+    assert (low.model, low.rule, low.threshold) == ("cheap", HIGHEST_VALUE, None)
+    assert decide(MODELS, p, COST, 0.7, "t", answer_value_usd=1.0).model == "frontier"
+    # worth $0.2: 0.099, 0.15, 0.09 -> mid
+    assert decide(MODELS, p, COST, 0.7, "t", answer_value_usd=0.2).model == "mid"
+
+
+def test_value_rule_weighs_each_prompts_gain_against_its_cost():
+    """One value, two prompts: the frontier model only where it adds enough P(pass)."""
+    p = np.array([[0.60, 0.61, 0.64], [0.30, 0.50, 0.95]])
+    chosen = choose_by_value(p, np.tile(COST, (2, 1)), 0.5)
+    assert chosen.tolist() == [0, 2]
+
+
+def test_value_rule_breaks_ties_to_the_cheaper_and_skips_unpriced_and_ineligible_models():
+    p = np.array([[0.5, 0.5, 0.5]])
+    cost = np.array([[0.01, 0.01, np.nan]])
+    assert choose_by_value(p, cost, 1.0).tolist() == [0]
+    eligible = np.array([[False, False, True]])
+    assert choose_by_value(p, cost, 1.0, eligible).tolist() == [-1]
+    with pytest.raises(NoCandidateError):
+        decide(MODELS, p[0], COST, 0.5, "t", max_cost_usd=0.0001, answer_value_usd=1.0)

@@ -13,16 +13,18 @@ def test_demo_serves_held_out_traffic_and_the_ledger_matches_the_client():
     lines: list[str] = []
     result = run_demo(lines.append)
     arms = result.summaries
-    assert len(arms) == 4 and all(row["requests"] == PROMPTS for row in arms.values())
+    assert len(arms) == 5 and all(row["requests"] == PROMPTS for row in arms.values())
     assert result.ledger_requests == PROMPTS * len(arms)
     assert result.ledger_spend == pytest.approx(result.client_spend, rel=1e-9)
     learned, heuristic = arms["learned router"], arms["heuristic"]
     reference = next(row for label, row in arms.items() if label.startswith("always "))
     strict = next(row for label, row in arms.items() if "threshold" in label)
+    valued = next(row for label, row in arms.items() if "answer worth" in label)
     # Replayed answers are all priced; the learned router is cheaper than the reference and
     # better than the heuristic; a stricter threshold buys quality with money.
     assert all(row["unpriced"] == 0 for row in arms.values())
     assert learned["spend"] < reference["spend"]
     assert learned["pass_rate"] > heuristic["pass_rate"]
     assert strict["spend"] > learned["spend"] and strict["pass_rate"] >= learned["pass_rate"]
+    assert valued["spend"] < reference["spend"] and valued["pass_rate"] > heuristic["pass_rate"]
     assert any(line.strip().startswith("Ledger:") for line in lines)

@@ -478,6 +478,48 @@ def test_routing_controls_from_body_and_headers(service, client):
     assert bad.status_code == 400
 
 
+def test_the_value_rule_from_body_or_header_and_never_with_a_threshold(service, key):
+    auth = {"Authorization": f"Bearer {key}"}
+    url = f"{service.url}/v1/route"
+
+    def decide(controls=None, headers=None):
+        body = {"prompt": PROMPT, **({"switchboard": controls} if controls else {})}
+        return httpx.post(url, json=body, headers={**auth, **(headers or {})})
+
+    cheap = decide({"answer_value_usd": 1e-9}).json()
+    assert cheap["rule"] == "highest_expected_value" and cheap["threshold"] is None
+    assert cheap["answer_value_usd"] == 1e-9
+    cheapest = min(
+        (c for c in cheap["candidates"] if c["expected_cost_usd"] is not None),
+        key=lambda c: c["expected_cost_usd"],
+    )
+    assert cheap["model"] == cheapest["model"]
+    rich = decide(headers={"x-switchboard-answer-value-usd": "1000"}).json()
+    best = max(
+        (c for c in rich["candidates"] if c["expected_cost_usd"] is not None),
+        key=lambda c: 1000 * c["p_pass"] - c["expected_cost_usd"],
+    )
+    assert rich["model"] == best["model"]
+    # the body's rule replaces the header's; both in one place is a 400 naming them
+    mixed = decide({"quality_threshold": 0.5}, {"x-switchboard-answer-value-usd": "1"}).json()
+    assert mixed["rule"] != "highest_expected_value" and mixed["threshold"] == 0.5
+    for response in (
+        decide({"quality_threshold": 0.5, "answer_value_usd": 1.0}),
+        decide(
+            headers={
+                "x-switchboard-quality-threshold": "0.5",
+                "x-switchboard-answer-value-usd": "1",
+            }
+        ),
+        decide({"answer_value_usd": 0}),
+        decide(headers={"x-switchboard-answer-value-usd": "plenty"}),
+    ):
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["type"] == "invalid_request_error"
+    both = decide({"quality_threshold": 0.5, "answer_value_usd": 1.0}).json()["error"]["message"]
+    assert "quality_threshold" in both and "answer_value_usd" in both
+
+
 def ask_raw_headers(service, key, headers):
     body = {"model": "switchboard/auto", "messages": [{"role": "user", "content": PROMPT}]}
     return raw_post(service, body, key, headers=headers)

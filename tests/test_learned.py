@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from service.routing.learned import ConstantScorer, JointScorer, LearnedRouter, PerModelScorer
+from service.routing.learned import (
+    ClusterScorer,
+    ConstantScorer,
+    JointScorer,
+    LearnedRouter,
+    PerModelScorer,
+)
 
 
 def synthetic(n_prompts=300, seed=0):
@@ -74,3 +80,38 @@ def test_linear_scorer_is_the_standardized_regression_folded_into_one_matrix():
     assert p[positive, 0].mean() > p[~positive, 0].mean() + 0.4
     np.testing.assert_allclose(p[:, 1], 1.0)
     np.testing.assert_allclose(p[:, 2], 0.0)
+
+
+def test_linear_scorer_gives_a_feature_that_never_varies_no_weight():
+    """A dead embedding dimension (values around 1e-33) must not be standardized into a
+    feature with an astronomically large weight."""
+    from service.routing.learned import LinearScorer
+
+    X, prompt_index, model_index, passed = synthetic()
+    rng = np.random.default_rng(1)
+    X = np.hstack([X, (rng.normal(size=(len(X), 1)) * 1e-33).astype(np.float32)])
+    scorer = LinearScorer(C=0.5, cv=3).fit(X, prompt_index, model_index, passed)
+    assert (scorer.weights_[:, -1] == 0).all()
+    assert np.abs(scorer.weights_).max() < 1e3
+
+
+def test_cluster_scorer_gives_each_group_its_smoothed_pass_rates():
+    """Two tight groups of prompts (directions e0 and e1, plus an unused text feature): model 0
+    passes every prompt of group A and none of group B; model 1 the other way round."""
+    rng = np.random.default_rng(0)
+    n = 100
+    group_b = np.arange(2 * n) >= n
+    X = np.zeros((2 * n, 4))
+    X[~group_b, 0] = 1.0
+    X[group_b, 1] = 1.0
+    X[:, :3] += rng.normal(scale=0.01, size=(2 * n, 3))
+    X[:, 3] = rng.normal(size=2 * n) * 100  # not part of the embedding: must not matter
+    prompt_index = np.repeat(np.arange(2 * n), 2)
+    model_index = np.tile([0, 1], 2 * n)
+    passed = np.where(model_index == 0, ~group_b[prompt_index], group_b[prompt_index]).astype(int)
+    scorer = ClusterScorer(embedding_dim=3, n_clusters=2, prior_strength=5.0)
+    scorer.fit(X, prompt_index, model_index, passed)
+    p = scorer.predict_proba(np.array([[2.0, 0.1, 0.0, 9.0], [0.0, 3.0, 0.1, -9.0]]), [0, 1])
+    # 100 passes of 100, shrunk by 5 pseudo-prompts toward the overall rate 0.5
+    expected = (100 + 5 * 0.5) / (100 + 5)
+    np.testing.assert_allclose(p, [[expected, 1 - expected], [1 - expected, expected]])

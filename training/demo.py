@@ -3,9 +3,9 @@ its HTTP API by the official ``openai`` client.
 
 Runs offline: the replay upstream answers from the benchmarks' recorded responses, with their
 recorded token counts and costs; the quality of each answer is the benchmark's own grade of it.
-The same prompts go through four times: routed by the learned router at its default threshold and
-at a stricter one, routed by the heuristic baseline, and sent to the reference model (the best
-single model on these prompts).
+The same prompts go through five times: routed by the learned router at its default threshold, at
+a stricter one and by its value rule (a passing answer worth ``ANSWER_VALUE_USD``), routed by the
+heuristic baseline, and sent to the reference model (the best single model on these prompts).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ PROMPTS = 300
 SEED = 0
 CONCURRENCY = 8
 STRICT_THRESHOLD = 0.85
+ANSWER_VALUE_USD = 0.1
 EXAMPLES = 2
 
 
@@ -100,6 +101,11 @@ def run_demo(echo: Callable[[str], None]) -> DemoResult:
                     f"learned, threshold {STRICT_THRESHOLD}",
                     "switchboard/auto",
                     {"switchboard": {"quality_threshold": STRICT_THRESHOLD}},
+                ),
+                Arm(
+                    f"learned, answer worth ${ANSWER_VALUE_USD}",
+                    "switchboard/auto",
+                    {"switchboard": {"answer_value_usd": ANSWER_VALUE_USD}},
                 ),
                 Arm("heuristic", "switchboard/auto", {"switchboard": {"router": "heuristic"}}),
                 Arm(f"always {reference}", reference),

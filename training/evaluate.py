@@ -1,9 +1,10 @@
 """Offline evaluation of routers on an outcomes table (shared/docs/metrics.md, implemented in
 training/metrics.py).
 
-Every router is swept over its knob and becomes a cost-quality curve: the learned and heuristic
-routers over the decision threshold, the random router over the same thresholds with uniform
-random scores (10 seeds averaged), the oracle over a price-of-quality trade-off on the true
+Every router is swept over its knobs and becomes a cost-quality curve: the learned and heuristic
+routers over the decision threshold and over the value of a passing answer (the two rules of
+service/routing/decision.py), the random router over the same settings with uniform random
+scores (10 seeds averaged), the oracle over a price-of-quality trade-off on the true
 outcomes, the Zero router as the hull of the single models. From each curve's non-decreasing
 convex hull come AIQ (over the common cost range of all routers) and the savings at parity
 (cost at 95 % and 100 % of the reference model's quality, over the reference's cost). With
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from service.catalog import Catalog
-from service.routing.decision import choose, expected_costs
+from service.routing.decision import choose, choose_by_value, expected_costs
 from service.routing.heuristic import HeuristicRouter
 from service.routing.learned import LearnedRouter
 from service.tokens import estimate_tokens
@@ -30,6 +31,8 @@ from training import metrics
 log = logging.getLogger(__name__)
 
 THRESHOLDS = [round(t, 2) for t in np.linspace(0.0, 1.0, 101)] + [1.01]
+# the value rule's knob, as multiples of the table's mean expected cost per (prompt, model)
+VALUE_MULTIPLES = np.geomspace(1e-2, 1e5, 71)
 RANDOM_SEEDS = range(10)
 PARITY = ("0.95", "1.0")
 
@@ -114,18 +117,20 @@ def _priced(rows: pd.DataFrame, catalog: Catalog, notes: list[str]) -> pd.Series
 def sweep_per_prompt(
     table: RoutingTable, p_pass: np.ndarray, score: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cost and quality of every prompt's choice at every threshold: two (thresholds x n)."""
+    """Cost and quality of every prompt's choice at every setting of the router's two knobs:
+    two (settings x n) arrays, the THRESHOLDS of the threshold rule first, then the value
+    rule's values (VALUE_MULTIPLES of the mean expected cost)."""
     rows = np.arange(len(table.prompts))
-    costs, qualities = [], []
-    for threshold in THRESHOLDS:
-        chosen, _ = choose(p_pass, table.expected_cost_usd, threshold)
-        costs.append(table.cost_usd[rows, chosen])
-        qualities.append(score[rows, chosen])
+    choices = [choose(p_pass, table.expected_cost_usd, t)[0] for t in THRESHOLDS]
+    unit = float(np.nanmean(table.expected_cost_usd))
+    choices += [choose_by_value(p_pass, table.expected_cost_usd, m * unit) for m in VALUE_MULTIPLES]
+    costs = [table.cost_usd[rows, chosen] for chosen in choices]
+    qualities = [score[rows, chosen] for chosen in choices]
     return np.asarray(costs), np.asarray(qualities)
 
 
 def sweep(table: RoutingTable, p_pass: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """(cost, quality) of the threshold rule at every threshold in THRESHOLDS."""
+    """(cost, quality) at every setting of sweep_per_prompt (thresholds first)."""
     costs, qualities = sweep_per_prompt(table, p_pass, score)
     return np.column_stack([costs.mean(axis=1), qualities.mean(axis=1)])
 

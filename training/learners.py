@@ -1,7 +1,8 @@
 """The candidate learners tried for the learned router; training chooses one on validation.
 
 Each factory returns an unfitted scorer (service/routing/learned.py) whose probabilities are
-calibrated by cross-validation (isotonic regression).
+calibrated: by cross-validation (isotonic regression), or, for prompt clusters, as smoothed
+pass rates per cluster.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from service.routing.learned import JointScorer, LinearScorer, NearestNeighbours, PerModelScorer
+from service.routing.learned import (
+    ClusterScorer,
+    JointScorer,
+    LinearScorer,
+    NearestNeighbours,
+    PerModelScorer,
+)
 
 CALIBRATION = "isotonic"
 CALIBRATION_FOLDS = 3
@@ -28,6 +35,10 @@ def _embedding_only(dim: int) -> ColumnTransformer:
 
 def logistic_regression(embedding_dim: int, seed: int) -> Any:
     return LinearScorer(C=0.05, cv=CALIBRATION_FOLDS, seed=seed)
+
+
+def prompt_clusters(embedding_dim: int, seed: int) -> Any:
+    return ClusterScorer(embedding_dim, n_clusters=40, prior_strength=5.0, seed=seed)
 
 
 def nearest_neighbours(embedding_dim: int, seed: int) -> Any:
@@ -82,6 +93,7 @@ def joint_gradient_boosting(embedding_dim: int, seed: int) -> Any:
 
 LEARNERS: dict[str, Callable[[int, int], Any]] = {
     "logistic-regression": logistic_regression,
+    "prompt-clusters": prompt_clusters,
     "knn": nearest_neighbours,
     "mlp": neural_network,
     "gradient-boosting": gradient_boosting,

@@ -46,7 +46,10 @@ def render(router: LearnedRouter) -> str:
         f"clears the quality bar ({router.bar}: a benchmark score of at least {router.bar}). The "
         "router sends a prompt to the cheapest model whose probability reaches the threshold "
         f"(default {router.default_threshold}, chosen on validation as the cheapest threshold "
-        "keeping 95 % of the best single model's quality), else to the model most likely to pass.",
+        "keeping 95 % of the best single model's quality), else to the model most likely to pass; "
+        "or, when the caller says what a passing answer is worth, to the model with the highest "
+        "expected net value (value x P(pass) - expected cost). Its cost-quality curves cover "
+        "both rules (the hull of every threshold and every value).",
         "",
         f"- version: `{router.version}`, trained {meta.get('trained_at', '?')}",
         f"- code: `{meta.get('code_version', '?')}`",

@@ -129,8 +129,11 @@ def route_prompt(
     allowed_models: Sequence[str] | None = None,
     max_cost_usd: float | None = None,
     router_dir: Path | None = None,
+    answer_value_usd: float | None = None,
 ) -> dict[str, Any]:
     """``switchboard route``: the decision for one prompt as a JSON-ready dict."""
     router = load_router(router_dir)
-    decision = route(router, Catalog.load(), prompt, threshold, allowed_models, max_cost_usd)
+    decision = route(
+        router, Catalog.load(), prompt, threshold, allowed_models, max_cost_usd, answer_value_usd
+    )
     return asdict(decision)

@@ -40,10 +40,15 @@ def evaluation_table(report: dict[str, Any]) -> str:
 
 def decision_table(decision: dict[str, Any]) -> str:
     """The routing decision and every candidate, cheapest first."""
+    knob = (
+        f"threshold {decision['threshold']}"
+        if decision.get("answer_value_usd") is None
+        else f"answer worth ${decision['answer_value_usd']}"
+    )
     lines = [
         f"route to {decision['model']}  (P(pass) {decision['p_pass']:.3f}, expected cost "
-        f"${_cell(decision['expected_cost_usd'], '.6f')}, {decision['rule'].replace('_', ' ')} "
-        f"{decision['threshold']}, router {decision['router']})",
+        f"${_cell(decision['expected_cost_usd'], '.6f')}, {decision['rule'].replace('_', ' ')}, "
+        f"{knob}, router {decision['router']})",
         "",
         f"{'candidate':42s} {'P(pass)':>8s} {'expected $':>11s}",
     ]

@@ -126,9 +126,11 @@ def write_results(output: Path, router_dir: Path | None = None) -> None:
         f"`{router.version}` ({router.metadata.get('learner')}, default threshold "
         f"{router.default_threshold}). Held-out test splits only (datasets/README.md).",
         "",
-        "Conventions (shared/docs/metrics.md): every router is swept over its knob (the learned "
-        "and heuristic routers over the P(pass) threshold, the random router over the same "
-        "thresholds with random scores, the oracle over a price of quality) and reduced to its "
+        "Conventions (shared/docs/metrics.md): every router is swept over its knobs (the learned "
+        "and heuristic routers over the P(pass) threshold and over the value of a passing "
+        "answer: the threshold and value rules of service/routing/decision.py; the random router "
+        "over the same settings with random scores; the oracle over a price of quality) and "
+        "reduced to its "
         "non-decreasing convex hull. AIQ is the mean hull quality over the common cost range of "
         "all routers in that table (0 left of a router's cheapest point). *Cost at 95 % / 100 %* "
         "is the cheapest mean cost at which the hull reaches that share of the reference "

@@ -114,7 +114,7 @@ def default_threshold(evaluations: Sequence[Evaluation]) -> float:
     relative = []
     for ev in evaluations:
         reference = ev.report["routers"][f"model:{ev.report['reference_model']}"]
-        curve = ev.curves["learned"]
+        curve = ev.curves["learned"][: len(THRESHOLDS)]  # the threshold rule's settings
         relative.append(
             np.column_stack(
                 [curve[:, 0] / reference["cost_usd"], curve[:, 1] / reference["quality"]]

@@ -1,7 +1,11 @@
-"""The routing decision: the cheapest candidate whose P(pass) reaches the threshold.
+"""The routing decision, by one of two rules over the candidates' P(pass) and expected cost.
 
-When no candidate reaches it, the one most likely to pass (the cheaper on a tie). Candidates are
-the allowed models with a known expected cost at or under the optional cost cap.
+- threshold rule (the default): the cheapest candidate whose P(pass) reaches the threshold;
+  when none reaches it, the one most likely to pass (the cheaper on a tie).
+- value rule (when the caller says what a passing answer is worth, ``answer_value_usd``): the
+  candidate with the highest expected net value, ``answer_value_usd * P(pass) - expected cost``.
+
+Candidates are the allowed models with a known expected cost at or under the optional cost cap.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from service.tokens import estimate_tokens
 
 CLEARS_THRESHOLD = "cheapest_clearing_threshold"
 MOST_LIKELY = "most_likely_to_pass"
+HIGHEST_VALUE = "highest_expected_value"
 
 
 class NoCandidateError(ValueError):
@@ -36,11 +41,12 @@ class Decision:
 
     model: str
     rule: str
-    threshold: float
+    threshold: float | None  # None under the value rule
     p_pass: float
     expected_cost_usd: float
     candidates: list[Candidate]
     router: str
+    answer_value_usd: float | None = None
 
 
 def expected_costs(
@@ -96,6 +102,28 @@ def choose(
     return chosen, any_clearing
 
 
+def choose_by_value(
+    p_pass: np.ndarray,
+    cost_usd: np.ndarray,
+    value_usd: float | np.ndarray,
+    eligible: np.ndarray | None = None,
+) -> np.ndarray:
+    """Vectorized value rule: per row, the model with the highest expected net value
+    ``value_usd * P(pass) - expected cost`` (the cheaper on a tie); -1 where none is eligible.
+
+    ``value_usd`` is what a passing answer is worth to the caller. Unlike one threshold for every
+    prompt, it weighs each prompt's gain in P(pass) against that prompt's extra cost.
+    """
+    ok = ~np.isnan(cost_usd)
+    if eligible is not None:
+        ok &= eligible
+    big = np.finfo(float).max
+    cost = np.nan_to_num(cost_usd, nan=big)
+    net = np.where(ok, np.asarray(value_usd) * p_pass - cost, -big)
+    chosen = _lexargmin(-net, cost)
+    return np.where(ok.any(axis=1), chosen, -1)
+
+
 def _lexargmin(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
     """Row-wise argmin of ``primary``, ties broken by the smaller ``secondary``."""
     best = primary.min(axis=1, keepdims=True)
@@ -111,15 +139,24 @@ def decide(
     router: str,
     allowed_models: Sequence[str] | None = None,
     max_cost_usd: float | None = None,
+    answer_value_usd: float | None = None,
 ) -> Decision:
-    """The decision for one prompt from its per-model P(pass) and expected cost."""
+    """The decision for one prompt from its per-model P(pass) and expected cost: by the value
+    rule when ``answer_value_usd`` is given, else by the threshold rule."""
     eligible = np.ones(len(models), dtype=bool)
     if allowed_models is not None:
         allowed = set(allowed_models)
         eligible &= np.array([m in allowed for m in models])
     if max_cost_usd is not None:
         eligible &= np.nan_to_num(cost_usd, nan=np.inf) <= max_cost_usd
-    chosen, cleared = choose(p_pass[None, :], cost_usd[None, :], threshold, eligible[None, :])
+    if answer_value_usd is not None:
+        chosen = choose_by_value(
+            p_pass[None, :], cost_usd[None, :], answer_value_usd, eligible[None, :]
+        )
+        rule = HIGHEST_VALUE
+    else:
+        chosen, cleared = choose(p_pass[None, :], cost_usd[None, :], threshold, eligible[None, :])
+        rule = CLEARS_THRESHOLD if cleared[0] else MOST_LIKELY
     index = int(chosen[0])
     if index < 0:
         raise NoCandidateError(
@@ -136,12 +173,13 @@ def decide(
     candidates.sort(key=lambda c: (c.expected_cost_usd is None, c.expected_cost_usd or 0.0))
     return Decision(
         model=models[index],
-        rule=CLEARS_THRESHOLD if cleared[0] else MOST_LIKELY,
-        threshold=threshold,
+        rule=rule,
+        threshold=None if answer_value_usd is not None else threshold,
         p_pass=float(p_pass[index]),
         expected_cost_usd=float(cost_usd[index]),
         candidates=candidates,
         router=router,
+        answer_value_usd=answer_value_usd,
     )
 
 
@@ -152,6 +190,7 @@ def route(
     threshold: float | None = None,
     allowed_models: Sequence[str] | None = None,
     max_cost_usd: float | None = None,
+    answer_value_usd: float | None = None,
 ) -> Decision:
     """Score every model the router knows for one prompt and decide."""
     models = list(router.models)
@@ -163,4 +202,13 @@ def route(
         if unknown:
             raise NoCandidateError(f"allowed_models the router cannot score: {', '.join(unknown)}")
     name = f"{router.name}@{getattr(router, 'version', '?')}"
-    return decide(models, p_pass, cost_usd, chosen_threshold, name, allowed_models, max_cost_usd)
+    return decide(
+        models,
+        p_pass,
+        cost_usd,
+        chosen_threshold,
+        name,
+        allowed_models,
+        max_cost_usd,
+        answer_value_usd,
+    )

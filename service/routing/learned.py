@@ -18,6 +18,7 @@ import joblib
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.cluster import KMeans
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -30,6 +31,7 @@ from service.features import Embedder, Featurizer, MiniLMEmbedder, StaticMiniLME
 ARTIFACT = "router.joblib"
 METADATA = "router.json"
 DEFAULT_EMBEDDER = StaticMiniLMEmbedder.name
+MIN_FEATURE_STD = 1e-6
 EMBEDDERS: dict[str, type] = {
     MiniLMEmbedder.name: MiniLMEmbedder,
     StaticMiniLMEmbedder.name: StaticMiniLMEmbedder,
@@ -69,6 +71,56 @@ class NearestNeighbours(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.model_.predict(X)
+
+
+class ClusterScorer(BaseEstimator):
+    """Prompts grouped by k-means on their unit-length embeddings; a model's P(pass) for a
+    prompt is its pass rate among the training prompts of the prompt's group, shrunk toward its
+    overall pass rate by ``prior_strength`` pseudo-prompts.
+
+    Per-group rates are steadier than per-prompt predictions, and rank the models of one prompt
+    as they rank on its kind of prompt.
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        n_clusters: int = 40,
+        prior_strength: float = 5.0,
+        seed: int = 0,
+    ):
+        self.embedding_dim = embedding_dim
+        self.n_clusters = n_clusters
+        self.prior_strength = prior_strength
+        self.seed = seed
+
+    def _unit(self, X: np.ndarray) -> np.ndarray:
+        embedding = np.asarray(X[:, : self.embedding_dim], dtype=float)
+        return embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
+
+    def _groups(self, X: np.ndarray) -> np.ndarray:
+        unit = self._unit(X)
+        return np.argmin(self.centroid_norms_ - 2.0 * unit @ self.centroids_.T, axis=1)
+
+    def fit(
+        self, X: np.ndarray, prompt_index: np.ndarray, model_index: np.ndarray, passed: np.ndarray
+    ) -> ClusterScorer:
+        k = max(1, min(self.n_clusters, len(X)))
+        kmeans = KMeans(k, n_init=4, random_state=self.seed).fit(self._unit(X))
+        self.centroids_ = kmeans.cluster_centers_
+        self.centroid_norms_ = (self.centroids_**2).sum(axis=1)
+        n_models = int(model_index.max()) + 1
+        group = kmeans.labels_[prompt_index]
+        passes = np.zeros((k, n_models))
+        counts = np.zeros((k, n_models))
+        np.add.at(passes, (group, model_index), passed)
+        np.add.at(counts, (group, model_index), 1.0)
+        overall = passes.sum(axis=0) / np.maximum(counts.sum(axis=0), 1.0)
+        self.rates_ = (passes + self.prior_strength * overall) / (counts + self.prior_strength)
+        return self
+
+    def predict_proba(self, X: np.ndarray, model_columns: Sequence[int]) -> np.ndarray:
+        return self.rates_[self._groups(X)][:, list(model_columns)]
 
 
 class PerModelScorer(BaseEstimator):
@@ -121,6 +173,10 @@ class LinearScorer(BaseEstimator):
         for m in range(n_models):
             rows = model_index == m
             x, y = X[prompt_index[rows]], passed[rows]
+            # a feature (near-)constant on these rows carries no signal; standardizing would
+            # blow its float noise up to unit scale and its weight up to ~1e30
+            varies = np.flatnonzero(x.std(axis=0) > MIN_FEATURE_STD)
+            x = x[:, varies]
             if len(np.unique(y)) < 2 or min(np.bincount(y.astype(int))) < self.cv:
                 rate = float(y.mean())
                 self.calibration_.append((np.array([0.0, 1.0]), np.array([rate, rate])))
@@ -134,7 +190,7 @@ class LinearScorer(BaseEstimator):
             pipeline.fit(x, y)
             scaler, regression = pipeline[0], pipeline[1]
             coef = regression.coef_[0] / scaler.scale_
-            self.weights_[m] = coef
+            self.weights_[m, varies] = coef
             self.intercepts_[m] = regression.intercept_[0] - coef @ scaler.mean_
         return self
 
