@@ -22,6 +22,7 @@ from service.tables import api_keys, feedback, requests, tenants
 
 KEY_PREFIX = "sb-"
 AUTH_CACHE_SECONDS = 30.0
+AUTH_CACHE_ENTRIES = 10_000  # wrong keys are cached too: a flood of them must not grow memory
 SQLITE_READONLY = 8  # the primary result code of "attempt to write a readonly database"
 
 
@@ -145,7 +146,12 @@ class Ledger:
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
         principal = Principal(row.tenant_id, row.name, row.id) if row else None
-        self._auth_cache[digest] = (time.monotonic() + AUTH_CACHE_SECONDS, principal)
+        at = time.monotonic()
+        if len(self._auth_cache) >= AUTH_CACHE_ENTRIES:
+            self._auth_cache = {d: e for d, e in self._auth_cache.items() if e[0] > at}
+            if len(self._auth_cache) >= AUTH_CACHE_ENTRIES:
+                self._auth_cache.clear()
+        self._auth_cache[digest] = (at + AUTH_CACHE_SECONDS, principal)
         return principal
 
     async def get_request(self, request_id: str) -> dict[str, Any] | None:

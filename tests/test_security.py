@@ -145,3 +145,29 @@ def test_each_key_has_a_rate_limit_with_retry_after(service):
     assert int(limited.headers["retry-after"]) >= 1
     other = call(server, "POST", "/v1/admin/keys", ADMIN, json={"tenant": "calm"}).json()["key"]
     assert call(server, "POST", "/v1/chat/completions", other, json=body).status_code == 200
+
+
+def test_a_flood_of_wrong_keys_does_not_grow_the_key_cache(tmp_path, monkeypatch):
+    """Answers for wrong keys are cached too (no database trip per retry); the cache is bounded,
+    so a client cycling through made-up keys cannot grow the service's memory."""
+    from service import ledger as ledger_module
+    from service.config import to_async_url
+    from service.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(url)
+    monkeypatch.setattr(ledger_module, "AUTH_CACHE_ENTRIES", 50)
+
+    async def flood() -> tuple[int, bool]:
+        ledger = ledger_module.Ledger.connect(to_async_url(url))
+        try:
+            key, _ = await ledger.create_key("acme")
+            assert await ledger.authenticate(key) is not None
+            for i in range(200):
+                assert await ledger.authenticate(f"sb-made-up-{i}") is None
+            return len(ledger._auth_cache), (await ledger.authenticate(key)) is not None
+        finally:
+            await ledger.close()
+
+    size, still_known = asyncio.run(flood())
+    assert size <= 50 and still_known
