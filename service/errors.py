@@ -13,7 +13,8 @@ The hierarchy maps one-to-one to HTTP statuses and stable ``code`` strings:
 - ``RateLimited`` 429 ``rate_limited`` / ``queue_full``, with Retry-After
 - ``UpstreamFailed`` 502 ``upstream_error``
 - ``Unavailable`` 503 ``no_upstream`` (nothing can serve the request, e.g. replay has no recording),
-  ``ledger_unavailable`` (a budget applies and its hold cannot be written), with Retry-After
+  ``ledger_unavailable`` (a budget applies and its hold cannot be written, or a read must wait
+  for rows that cannot be written), with Retry-After
 """
 
 from __future__ import annotations

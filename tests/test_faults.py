@@ -218,6 +218,17 @@ def test_sqlite_ledger_made_read_only_under_load_loses_and_duplicates_no_row(tmp
         # the rows queue while its recorder retries (0.05, 0.2, 1, 2 s apart)
         with ServiceProcess(env, log_path=log_path, wrapper=wrapper) as service:
             answers += asyncio.run(_send(service.url, keys, "restarted read-only", 60, 4, 0.2))
+            # a read that must first see the queued rows: a clear 503, not a wait without end
+            started = time.perf_counter()
+            listing = httpx.get(
+                f"{service.url}/v1/requests",
+                headers={"Authorization": f"Bearer {keys['free']}"},
+                timeout=30,
+            )
+            assert time.perf_counter() - started < 10
+            assert listing.status_code == 503, listing.text
+            assert listing.json()["error"]["code"] == "ledger_unavailable"
+            assert "retry-after" in listing.headers
             _set_writable(database, True)
             answers += asyncio.run(_send(service.url, keys, "writable again", 60, 8))
         # stopped with SIGTERM: the recorder drains its queue before the process exits

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from fastapi import Request
 
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, Unavailable
+
+FLUSH_TIMEOUT_S = 5.0
 
 
 async def json_body(request: Request) -> Any:
@@ -23,5 +26,14 @@ async def json_body(request: Request) -> Any:
 
 async def flushed(request: Request) -> None:
     """Wait until this process's queued ledger rows are written (reads of the caller's own
-    requests must see them)."""
-    await request.app.state.recorder.flush()
+    requests must see them); 503 ``ledger_unavailable`` if that takes longer than
+    FLUSH_TIMEOUT_S (the ledger cannot be written: the rows wait, the read would miss them)."""
+    try:
+        await asyncio.wait_for(asyncio.shield(request.app.state.recorder.flush()), FLUSH_TIMEOUT_S)
+    except TimeoutError:
+        raise Unavailable(
+            "the ledger cannot be written just now, so this process's latest requests are not "
+            "in it yet; retry shortly",
+            code="ledger_unavailable",
+            retry_after_s=FLUSH_TIMEOUT_S,
+        ) from None
