@@ -143,7 +143,10 @@ class Gateway:
         steering = context.steering
         prompt = prompt_text(messages)
         models = self.candidates(messages, controls)
-        cost = expected_costs([prompt], models, self.catalog, context.max_output_tokens)[0]
+        champion = self.router  # one version for the whole decision, even if pickup swaps it
+        features = champion.featurizer().transform([prompt])
+        answer = champion.answer_tokens(features, models)
+        cost = expected_costs([prompt], models, self.catalog, context.max_output_tokens, answer)[0]
         if steering is not None and steering.cheaper_half:
             models, cost = cheaper_half(models, cost)
         which = {"learned": "champion", None: "champion"}.get(controls.router, controls.router)
@@ -153,14 +156,15 @@ class Gateway:
             p_pass = self.heuristic.p_pass([prompt], models, cost[None, :])[0]
             router_name, version = self.heuristic.name, self.heuristic.version
         else:
-            learned = self.challenger if which == "challenger" and self.challenger else self.router
-            p_pass = learned.p_pass([prompt], models)[0]
+            learned = self.challenger if which == "challenger" and self.challenger else champion
+            shared = features if learned is champion else None
+            p_pass = learned.p_pass([prompt], models, features=shared)[0]
             router_name, version = learned.name, learned.version
         threshold = controls.quality_threshold
         if threshold is None:
             threshold = self.settings.default_threshold
         if threshold is None:
-            threshold = self.router.default_threshold
+            threshold = champion.default_threshold
         value = controls.answer_value_usd
         if steering is not None and steering.threshold_cap is not None:
             # a budget under pressure steers by the threshold rule, whatever rule was asked for

@@ -101,3 +101,20 @@ def test_value_rule_breaks_ties_to_the_cheaper_and_skips_unpriced_and_ineligible
     assert choose_by_value(p, cost, 1.0, eligible).tolist() == [-1]
     with pytest.raises(NoCandidateError):
         decide(MODELS, p[0], COST, 0.5, "t", max_cost_usd=0.0001, answer_value_usd=1.0)
+
+
+def test_expected_costs_use_predicted_answer_lengths_where_known(catalog):
+    models = ["openai/gpt-4-1106-preview", "mistralai/mixtral-8x7b-instruct"]
+    typical = expected_costs(["Write a parser."], models, catalog)
+    answer = np.array([[500.0, np.nan]])  # a long answer predicted for the first model only
+    predicted = expected_costs(["Write a parser."], models, catalog, answer_tokens=answer)
+    info = catalog.get(models[0])
+    extra = (500 - info.typical_output_tokens) * info.completion_usd_per_token
+    assert predicted[0, 0] == pytest.approx(typical[0, 0] + extra)
+    assert predicted[0, 1] == typical[0, 1]
+    capped = expected_costs(
+        ["Write a parser."], models, catalog, max_output_tokens=1, answer_tokens=answer
+    )
+    np.testing.assert_allclose(
+        capped, expected_costs(["Write a parser."], models, catalog, max_output_tokens=1)
+    )

@@ -115,3 +115,29 @@ def test_cluster_scorer_gives_each_group_its_smoothed_pass_rates():
     # 100 passes of 100, shrunk by 5 pseudo-prompts toward the overall rate 0.5
     expected = (100 + 5 * 0.5) / (100 + 5)
     np.testing.assert_allclose(p, [[expected, 1 - expected], [1 - expected, expected]])
+
+
+def test_answer_lengths_follow_the_prompt_and_leave_unknown_models_to_the_catalog(tmp_path):
+    """Model a answers long when feature 0 is high and short when it is low; model b has too
+    few recorded answers to learn from; model c none at all."""
+    from service.routing.learned import AnswerLengths
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    prompt_index = np.concatenate([np.arange(400), np.arange(10)])
+    model_index = np.concatenate([np.zeros(400, int), np.ones(10, int)])
+    tokens = np.concatenate([np.exp(3.0 + 1.5 * X[:, 0]), np.full(10, 500.0)])
+    tokens[:5] = np.nan  # answers not recorded: skipped
+    lengths = AnswerLengths(["a", "b", "c"], alpha=1.0, min_answers=50)
+    lengths.fit(X, prompt_index, model_index, tokens)
+    probe = np.array([[2.0, 0.0, 0.0], [-2.0, 0.0, 0.0]])
+    predicted = lengths.predict(probe, ["a", "b", "c", "unknown"])
+    assert 200 < predicted[0, 0] < 600  # e^6 = 403 tokens, a little shrunk by the ridge
+    assert 1.0 <= predicted[1, 0] < 3  # e^0 = 1 token
+    assert np.isnan(predicted[:, 1:]).all()
+    router = LearnedRouter(
+        ConstantScorer(0.5), ["a", "b", "c"], "fake-embedder", answer_lengths=lengths
+    )
+    router.save(tmp_path / "r")
+    loaded = LearnedRouter.load(tmp_path / "r")
+    np.testing.assert_allclose(loaded.answer_tokens(probe, ["a"]), predicted[:, :1])

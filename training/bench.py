@@ -27,7 +27,14 @@ from service.routing.learned import EMBEDDERS, LearnedRouter
 from service.tokens import estimate_tokens
 from training import datasets
 from training.pipeline import cached_featurizer, load_router
-from training.train import SHIPPED_SOURCES, evaluation_sets, score_sets, summary, training_data
+from training.train import (
+    SHIPPED_SOURCES,
+    evaluation_sets,
+    fit_answer_lengths,
+    score_sets,
+    summary,
+    training_data,
+)
 
 LENGTHS_TOKENS = (12, 64, 256, 1000)
 REPEATS = 200
@@ -95,9 +102,10 @@ def routing_quality(outcomes: pd.DataFrame, catalog: Catalog) -> list[dict]:
         scorer = logistic_regression(featurizer.embedder.dim, 0).fit(
             X, data.prompt_index, data.model_index, data.passed
         )
-        router = LearnedRouter(scorer, data.models, name)
+        lengths = fit_answer_lengths(data, X)
+        router = LearnedRouter(scorer, data.models, name, answer_lengths=lengths)
         for split in ("val", "test"):
-            sets = evaluation_sets(outcomes, split, SHIPPED_SOURCES, featurizer, catalog)
+            sets = evaluation_sets(outcomes, split, SHIPPED_SOURCES, featurizer, catalog, lengths)
             evaluations, probabilities = score_sets(router, sets, 0.5)
             result = summary(evaluations, sets, probabilities)
             rows.append(

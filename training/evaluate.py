@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ import pandas as pd
 from service.catalog import Catalog
 from service.routing.decision import choose, choose_by_value, expected_costs
 from service.routing.heuristic import HeuristicRouter
-from service.routing.learned import LearnedRouter
+from service.routing.learned import AnswerLengths, LearnedRouter
 from service.tokens import estimate_tokens
 from training import metrics
 
@@ -89,6 +89,18 @@ def routing_table(outcomes: pd.DataFrame, models: Sequence[str], catalog: Catalo
         expected_cost_usd=expected_costs(list(prompts), models, catalog),
         notes=notes,
     )
+
+
+def with_answer_lengths(
+    table: RoutingTable, features: np.ndarray, lengths: AnswerLengths | None, catalog: Catalog
+) -> RoutingTable:
+    """The table with the decision-time costs a router with answer-length model ``lengths``
+    sees (its predicted answer lengths in place of each model's typical one)."""
+    if lengths is None:
+        return table
+    answer_tokens = lengths.predict(features, table.models)
+    costs = expected_costs(table.prompts, table.models, catalog, answer_tokens=answer_tokens)
+    return replace(table, expected_cost_usd=costs)
 
 
 def _priced(rows: pd.DataFrame, catalog: Catalog, notes: list[str]) -> pd.Series:

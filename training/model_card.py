@@ -49,7 +49,10 @@ def render(router: LearnedRouter) -> str:
         "keeping 95 % of the best single model's quality), else to the model most likely to pass; "
         "or, when the caller says what a passing answer is worth, to the model with the highest "
         "expected net value (value x P(pass) - expected cost). Its cost-quality curves cover "
-        "both rules (the hull of every threshold and every value).",
+        "both rules (the hull of every threshold and every value). Expected costs come from "
+        "the prompt's tokens and, for models with recorded answers, the answer length a ridge "
+        "regression on the same features predicts for the prompt (else the model's typical "
+        "length), at catalog prices.",
         "",
         f"- version: `{router.version}`, trained {meta.get('trained_at', '?')}",
         f"- code: `{meta.get('code_version', '?')}`",

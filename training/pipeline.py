@@ -16,7 +16,13 @@ from service.features import EmbeddingCache, Featurizer
 from service.routing.decision import route
 from service.routing.learned import DEFAULT_EMBEDDER, EMBEDDERS, LearnedRouter
 from training import datasets, model_card, plots
-from training.evaluate import Evaluation, evaluate, routing_table, shared_models
+from training.evaluate import (
+    Evaluation,
+    evaluate,
+    routing_table,
+    shared_models,
+    with_answer_lengths,
+)
 from training.outcomes import read_outcomes
 from training.train import SHIPPED_SOURCES, train
 
@@ -119,6 +125,7 @@ def evaluate_file(
     features = cached_featurizer(router.embedder_name).transform(
         table.prompts, show_progress=len(table.prompts) > 500
     )
+    table = with_answer_lengths(table, features, router.answer_lengths, catalog)
     p = router.p_pass(table.prompts, routed, features=features)
     return evaluate(table, router, p, bar=bar, reference=reference, metric=metric)
 

@@ -13,7 +13,7 @@ from service.catalog import Catalog
 from service.config import REPO_ROOT
 from service.routing.learned import LearnedRouter
 from training import datasets, metrics, plots
-from training.evaluate import Evaluation, evaluate, routing_table
+from training.evaluate import Evaluation, evaluate, routing_table, with_answer_lengths
 from training.pipeline import DEFAULT_ROUTER_DIR, cached_featurizer, load_router
 from training.train import SHIPPED_SOURCES, evaluation_sets, score_sets
 
@@ -87,6 +87,7 @@ def routellm_section(
         task_rows = rows[rows["task"] == task]
         table = routing_table(task_rows, [WEAK, STRONG], catalog)
         features = featurizer.transform(table.prompts, show_progress=len(table.prompts) > 500)
+        table = with_answer_lengths(table, features, router.answer_lengths, catalog)
         p = router.p_pass(table.prompts, [WEAK, STRONG], features=features)
         metric = "quality" if task == "mt-bench" else "passed"
         evaluation = evaluate(table, router, p, bar=0.5, metric=metric)
@@ -115,7 +116,9 @@ def write_results(output: Path, router_dir: Path | None = None) -> None:
     outcomes = datasets.load()
     catalog = Catalog.load()
     featurizer = cached_featurizer(router.embedder_name)
-    test_sets = evaluation_sets(outcomes, "test", SHIPPED_SOURCES, featurizer, catalog)
+    test_sets = evaluation_sets(
+        outcomes, "test", SHIPPED_SOURCES, featurizer, catalog, router.answer_lengths
+    )
     evaluations, probabilities = score_sets(router, test_sets, router.bar)
 
     lines = [

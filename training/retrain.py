@@ -57,7 +57,9 @@ class Gate:
 def realized(
     router: LearnedRouter, sets: list[SourceEvaluation], bar: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per held-out prompt: did the router's choice pass, and what did it cost."""
+    """Per held-out prompt: did the router's choice pass, and what did it cost. Both routers of
+    a gate decide with the sets' expected costs (the challenger's answer lengths), so the gate
+    compares what they predict about passing."""
     passed, cost = [], []
     for data in sets:
         p = router.p_pass(data.table.prompts, data.models, features=data.features)

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from service.catalog import Catalog
 from service.features import Featurizer
-from service.routing.learned import LearnedRouter
+from service.routing.learned import AnswerLengths, LearnedRouter
+from service.tokens import estimate_tokens
 from training import datasets, metrics
 from training.evaluate import (
     THRESHOLDS,
@@ -32,6 +33,7 @@ from training.evaluate import (
     evaluate,
     routing_table,
     sweep_per_prompt,
+    with_answer_lengths,
 )
 from training.learners import LEARNERS
 from training.provenance import code_version
@@ -53,6 +55,18 @@ class TrainingData:
     prompt_index: np.ndarray
     model_index: np.ndarray
     passed: np.ndarray
+    answer_tokens: np.ndarray  # per row: the answer's length where recorded, else NaN
+
+
+def recorded_answer_tokens(rows: pd.DataFrame) -> np.ndarray:
+    """Per row, ``output_tokens``, else the recorded answer's estimated tokens, else NaN."""
+    tokens = np.full(len(rows), np.nan)
+    if "output_tokens" in rows:
+        tokens = pd.to_numeric(rows["output_tokens"], errors="coerce").to_numpy(float)
+    if "response" in rows:
+        from_text = [estimate_tokens(r) if isinstance(r, str) else np.nan for r in rows["response"]]
+        tokens = np.where(np.isnan(tokens), np.asarray(from_text, dtype=float), tokens)
+    return tokens
 
 
 def training_data(
@@ -71,6 +85,7 @@ def training_data(
         prompt_index=rows["prompt_id"].map(position).to_numpy(),
         model_index=rows["model"].map({m: j for j, m in enumerate(models)}).to_numpy(),
         passed=(rows["quality"] >= bar).to_numpy(int),
+        answer_tokens=recorded_answer_tokens(rows),
     )
 
 
@@ -97,7 +112,10 @@ def evaluation_sets(
     sources: Sequence[str],
     featurizer: Featurizer,
     catalog: Catalog,
+    answer_lengths: AnswerLengths | None = None,
 ) -> list[SourceEvaluation]:
+    """Per source, its ``split`` as a routing table, with decision-time costs from
+    ``answer_lengths`` when given (else from each model's typical answer length)."""
     sets = []
     for source in sources:
         rows = outcomes[(outcomes["split"] == split) & (outcomes["source"] == source)]
@@ -105,8 +123,17 @@ def evaluation_sets(
             continue
         models = evaluation_models(outcomes, source)
         table = routing_table(rows, models, catalog)
-        sets.append(SourceEvaluation(source, models, table, featurizer.transform(table.prompts)))
+        features = featurizer.transform(table.prompts)
+        table = with_answer_lengths(table, features, answer_lengths, catalog)
+        sets.append(SourceEvaluation(source, models, table, features))
     return sets
+
+
+def fit_answer_lengths(data: TrainingData, X: np.ndarray) -> AnswerLengths:
+    """Each model's answer-length model, fit on the training rows that record an answer."""
+    return AnswerLengths(data.models).fit(
+        X, data.prompt_index, data.model_index, data.answer_tokens
+    )
 
 
 def default_threshold(evaluations: Sequence[Evaluation]) -> float:
@@ -266,7 +293,9 @@ def train(
     data = training_data(outcomes, ["train"], fit_sources, bar)
     log.info("embedding %d training prompts", len(data.prompts))
     X = featurizer.transform(data.prompts, show_progress=progress)
-    val_sets = evaluation_sets(outcomes, "val", sources, featurizer, catalog)
+    val_sets = evaluation_sets(
+        outcomes, "val", sources, featurizer, catalog, fit_answer_lengths(data, X)
+    )
 
     candidates: dict[str, dict] = {}
     val_evaluations: dict[str, list[Evaluation]] = {}
@@ -304,8 +333,11 @@ def train(
         "training_rows": len(full.passed),
         "seed": seed,
     }
-    router = LearnedRouter(scorer, full.models, featurizer.embedder.name, bar, threshold, metadata)
-    test_sets = evaluation_sets(outcomes, "test", sources, featurizer, catalog)
+    lengths = fit_answer_lengths(full, X_full)
+    router = LearnedRouter(
+        scorer, full.models, featurizer.embedder.name, bar, threshold, metadata, lengths
+    )
+    test_sets = evaluation_sets(outcomes, "test", sources, featurizer, catalog, lengths)
     test_evaluations, test_probabilities = score_sets(router, test_sets, bar)
     result = TrainResult(
         router=router,

@@ -49,31 +49,72 @@ class Decision:
     answer_value_usd: float | None = None
 
 
+@dataclass(frozen=True)
+class Prices:
+    """Per-model prices for expected costs (NaN for an unpriced model)."""
+
+    prompt_usd_per_token: np.ndarray
+    completion_usd_per_token: np.ndarray
+    request_usd: np.ndarray
+    typical_output_tokens: np.ndarray
+
+    @classmethod
+    def of(cls, models: Sequence[str], catalog: Catalog) -> Prices:
+        columns = np.full((4, len(models)), np.nan)
+        for j, model in enumerate(models):
+            info = catalog.get(model)
+            if info.priced:
+                columns[:, j] = (
+                    info.prompt_usd_per_token,
+                    info.completion_usd_per_token,
+                    info.request_usd,
+                    info.typical_output_tokens or 0,
+                )
+        return cls(*columns)
+
+    def expected_costs(
+        self,
+        input_tokens: np.ndarray,
+        max_output_tokens: int | None = None,
+        answer_tokens: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(prompts x models) USD: input tokens at the prompt price, plus the expected answer
+        (``answer_tokens`` where given and not NaN, else the model's typical length), at most
+        ``max_output_tokens``, at the completion price, plus any per-request price."""
+        output = np.broadcast_to(
+            self.typical_output_tokens, (len(input_tokens), len(self.request_usd))
+        )
+        if answer_tokens is not None:
+            output = np.where(np.isnan(answer_tokens), output, answer_tokens)
+        if max_output_tokens is not None:
+            output = np.minimum(output, max_output_tokens)
+        return (
+            np.asarray(input_tokens, dtype=float)[:, None] * self.prompt_usd_per_token
+            + output * self.completion_usd_per_token
+            + self.request_usd
+        )
+
+
+def input_tokens(prompts: Sequence[str]) -> np.ndarray:
+    return np.array([estimate_tokens(p) for p in prompts], dtype=float)
+
+
 def expected_costs(
     prompts: Sequence[str],
     models: Sequence[str],
     catalog: Catalog,
     max_output_tokens: int | None = None,
+    answer_tokens: np.ndarray | None = None,
 ) -> np.ndarray:
     """Expected USD cost of sending each prompt to each model; NaN for an unpriced model.
 
-    Input tokens are estimated from the prompt, output tokens are the model's typical answer
-    length from the catalog, at most the request's ``max_output_tokens``.
+    Input tokens are estimated from the prompt; output tokens are ``answer_tokens`` (the
+    router's prediction for this prompt and model) where given, else the model's typical answer
+    length from the catalog; either at most the request's ``max_output_tokens``.
     """
-    input_tokens = np.array([estimate_tokens(p) for p in prompts], dtype=float)[:, None]
-    prompt_price = np.full(len(models), np.nan)
-    completion_cost = np.full(len(models), np.nan)
-    for j, model in enumerate(models):
-        info = catalog.get(model)
-        if info.priced:
-            assert info.prompt_usd_per_token is not None
-            assert info.completion_usd_per_token is not None
-            prompt_price[j] = info.prompt_usd_per_token
-            output_tokens = info.typical_output_tokens or 0
-            if max_output_tokens is not None:
-                output_tokens = min(output_tokens, max_output_tokens)
-            completion_cost[j] = output_tokens * info.completion_usd_per_token + info.request_usd
-    return input_tokens * prompt_price[None, :] + completion_cost[None, :]
+    return Prices.of(models, catalog).expected_costs(
+        input_tokens(prompts), max_output_tokens, answer_tokens
+    )
 
 
 def choose(
@@ -194,8 +235,10 @@ def route(
 ) -> Decision:
     """Score every model the router knows for one prompt and decide."""
     models = list(router.models)
-    cost_usd = expected_costs([prompt], models, catalog)[0]
-    p_pass = router.p_pass([prompt], models, cost_usd[None, :])[0]
+    features = router.featurizer().transform([prompt])
+    answer = router.answer_tokens(features, models)
+    cost_usd = expected_costs([prompt], models, catalog, answer_tokens=answer)[0]
+    p_pass = router.p_pass([prompt], models, cost_usd[None, :], features=features)[0]
     chosen_threshold = router.default_threshold if threshold is None else threshold
     if allowed_models is not None:
         unknown = [m for m in allowed_models if m not in models]

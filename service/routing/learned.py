@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.cluster import KMeans
 from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
@@ -235,6 +235,44 @@ class JointScorer(BaseEstimator):
         return np.column_stack(columns)
 
 
+class AnswerLengths:
+    """Each model's expected answer length (tokens) for a prompt: per model, a ridge regression
+    of log(1 + answer tokens) on the prompt's features, fit on the recorded answers; NaN for a
+    model with fewer than ``min_answers`` of them (its typical length in the catalog stands in).
+
+    Answer length drives most of a call's cost and varies with the prompt by an order of
+    magnitude (a one-letter choice against a program), which one typical length cannot follow.
+    """
+
+    def __init__(self, models: Sequence[str], alpha: float = 10.0, min_answers: int = 50):
+        self.models = list(models)
+        self.alpha = alpha
+        self.min_answers = min_answers
+
+    def fit(
+        self, X: np.ndarray, prompt_index: np.ndarray, model_index: np.ndarray, tokens: np.ndarray
+    ) -> AnswerLengths:
+        """``tokens[i]``: the answer length of row i (NaN where not recorded)."""
+        self.weights_ = np.zeros((len(self.models), X.shape[1]))
+        self.intercepts_ = np.full(len(self.models), np.nan)
+        for m in range(len(self.models)):
+            rows = (model_index == m) & ~np.isnan(tokens)
+            if rows.sum() < self.min_answers:
+                continue
+            ridge = Ridge(alpha=self.alpha).fit(X[prompt_index[rows]], np.log1p(tokens[rows]))
+            self.weights_[m], self.intercepts_[m] = ridge.coef_, ridge.intercept_
+        return self
+
+    def predict(self, X: np.ndarray, models: Sequence[str]) -> np.ndarray:
+        """(prompts x models) expected answer tokens, at least 1; NaN for unknown models."""
+        index = {m: j for j, m in enumerate(self.models)}
+        columns = [index.get(m, -1) for m in models]
+        known = np.array([c >= 0 for c in columns])
+        rows = np.array([max(c, 0) for c in columns])
+        log_tokens = X @ self.weights_[rows].T + np.where(known, self.intercepts_[rows], np.nan)
+        return np.maximum(np.expm1(log_tokens), 1.0)
+
+
 class LearnedRouter:
     """A fitted scorer plus the models it scores and the featurizer it was trained with."""
 
@@ -248,6 +286,7 @@ class LearnedRouter:
         bar: float = 0.5,
         default_threshold: float = 0.5,
         metadata: dict[str, Any] | None = None,
+        answer_lengths: AnswerLengths | None = None,
     ):
         self.scorer = scorer
         self.models = models
@@ -255,6 +294,7 @@ class LearnedRouter:
         self.bar = bar
         self.default_threshold = default_threshold
         self.metadata = metadata or {}
+        self.answer_lengths = answer_lengths
         self._featurizer: Featurizer | None = None
 
     @property
@@ -284,10 +324,18 @@ class LearnedRouter:
             raise KeyError(f"the learned router has no scorer for {', '.join(unknown)}")
         return np.asarray(self.scorer.predict_proba(features, [index[m] for m in models]))
 
+    def answer_tokens(self, features: np.ndarray, models: Sequence[str]) -> np.ndarray | None:
+        """Expected answer tokens (prompts x models; NaN where unknown), or None without an
+        answer-length model."""
+        if self.answer_lengths is None:
+            return None
+        return self.answer_lengths.predict(features, models)
+
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        joblib.dump({"scorer": self.scorer}, directory / ARTIFACT, compress=3)
+        artifact = {"scorer": self.scorer, "answer_lengths": self.answer_lengths}
+        joblib.dump(artifact, directory / ARTIFACT, compress=3)
         meta = {
             "models": self.models,
             "embedder": self.embedder_name,
@@ -301,13 +349,14 @@ class LearnedRouter:
     def load(cls, directory: Path) -> LearnedRouter:
         directory = Path(directory)
         meta = json.loads((directory / METADATA).read_text())
-        scorer = joblib.load(directory / ARTIFACT)["scorer"]
+        artifact = joblib.load(directory / ARTIFACT)
         models = meta.pop("models")
         return cls(
-            scorer=scorer,
+            scorer=artifact["scorer"],
             models=models,
             embedder_name=meta.pop("embedder"),
             bar=meta.pop("bar"),
             default_threshold=meta.pop("default_threshold"),
             metadata=meta,
+            answer_lengths=artifact.get("answer_lengths"),
         )
