@@ -183,13 +183,15 @@ def start_targets(database_url: str, postgres_url: str | None) -> list[Target]:
                 f"http://127.0.0.1:{PORTS['litellm']}/health/liveliness",
             )
         )
-    for name, url, port in (
-        ("switchboard", database_url, PORTS["switchboard"]),
-        ("switchboard-pg", postgres_url, PORTS["switchboard"] + 1),
+    no_budget_url = database_url.removesuffix(".db") + "-no-budget.db"
+    for name, url, port, budget in (
+        ("switchboard", database_url, PORTS["switchboard"], True),
+        ("switchboard-pg", postgres_url, PORTS["switchboard"] + 1, True),
+        ("switchboard-no-budget", no_budget_url, PORTS["switchboard"] + 2, False),
     ):
         if url is None:
             continue
-        key = _prepare_switchboard(url)
+        key = _prepare_switchboard(url, budget)
         targets.append(
             _start(
                 Target(name, port, "switchboard/auto", key),
@@ -217,8 +219,9 @@ def start_targets(database_url: str, postgres_url: str | None) -> list[Target]:
     return targets
 
 
-def _prepare_switchboard(database_url: str) -> str:
-    """A fresh ledger with a tenant key and a global budget (so every request takes a hold)."""
+def _prepare_switchboard(database_url: str, budget: bool = True) -> str:
+    """A fresh ledger with a tenant key and, with ``budget``, a global budget (so every request
+    takes a hold)."""
     import asyncio
 
     from service.budgets import BudgetStore
@@ -232,7 +235,8 @@ def _prepare_switchboard(database_url: str) -> str:
         ledger = Ledger.connect(to_async_url(database_url))
         try:
             key, _ = await ledger.create_key("bench")
-            await BudgetStore(ledger.engine).put("global", "month", 1_000_000.0)
+            if budget:
+                await BudgetStore(ledger.engine).put("global", "month", 1_000_000.0)
             return key
         finally:
             await ledger.close()
@@ -344,7 +348,7 @@ def run(postgres_url: str | None) -> dict[str, Any]:
         raise RuntimeError(f"the gateway benchmark needs {' and '.join(missing)} (apt install)")
     litellm_version = install_litellm()
     database = BENCH / "ledger.db"
-    for leftover in BENCH.glob("ledger.db*"):
+    for leftover in BENCH.glob("ledger*.db*"):
         leftover.unlink()
     targets = start_targets(f"sqlite:///{database}", postgres_url)
     results: dict[str, Any] = {"litellm_version": litellm_version, "targets": {}}
@@ -388,7 +392,9 @@ def section(results: dict[str, Any], decision_p50_ms: float | None) -> str:
         f"LiteLLM proxy {results['litellm_version'] or 'not installed'} in its own virtualenv. "
         "The mock is switchboard.bench_servers:mock (uvicorn, answers at once; streams 20 "
         "chunks). switchboard routes `switchboard/auto` with the learned router, writes its "
-        "ledger row and takes a budget hold on every request. c = 1 latency: `hey`, one "
+        "ledger row and takes a budget hold on every request (a global budget; "
+        "switchboard-no-budget: the same on SQLite without any budget, so no hold, to show "
+        "what holding costs). c = 1 latency: `hey`, one "
         f"connection paced at 50 requests/s for {PACED_SECONDS} s; throughput: `wrk -t1` closed "
         f"loop for {WRK_SECONDS} s per concurrency, 64-token prompt; streams: {STREAMS} "
         "sequential requests from a Python client. Added latency = target minus the mock alone.",
