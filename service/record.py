@@ -176,6 +176,7 @@ class RequestRecord:
             "router_version": self.router_version,
             "chosen_model": self.chosen_model,
             "p_pass": self.p_pass,
+            "rule": self.rule,
             "threshold": self.threshold,
             "fallbacks": self.fallbacks,
             "cost_usd": self.cost_usd,

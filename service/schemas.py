@@ -120,9 +120,8 @@ def parse(model: type[BaseModel], payload: Any) -> Any:
     except ValidationError as error:
         first = error.errors()[0]
         param = ".".join(str(part) for part in first["loc"]) or None
-        raise InvalidRequest(
-            f"{param}: {first['msg']}" if param else first["msg"], param=param
-        ) from None
+        message = first["msg"].removeprefix("Value error, ")  # a validator's own words
+        raise InvalidRequest(f"{param}: {message}" if param else message, param=param) from None
 
 
 def controls_from_headers(headers: Any) -> RoutingControls | None:

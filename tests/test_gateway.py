@@ -106,6 +106,10 @@ def test_auto_routing_answers_with_the_served_model_cost_and_headers(service, cl
     assert len(row["candidates"]) == len(router_models)
     assert row["propensity"] == 1.0 and row["threshold"] > 0
     assert row["prompt"] is None  # content is not stored unless configured
+    assert completion.model_extra["switchboard"]["rule"] in (
+        "cheapest_clearing_threshold",
+        "most_likely_to_pass",
+    )
 
 
 def test_feedback_joins_on_the_request_id(service, client, key):
@@ -517,7 +521,8 @@ def test_the_value_rule_from_body_or_header_and_never_with_a_threshold(service, 
         assert response.status_code == 400, response.text
         assert response.json()["error"]["type"] == "invalid_request_error"
     both = decide({"quality_threshold": 0.5, "answer_value_usd": 1.0}).json()["error"]["message"]
-    assert "quality_threshold" in both and "answer_value_usd" in both
+    assert both.startswith("switchboard: give quality_threshold")
+    assert "answer_value_usd" in both
 
 
 def ask_raw_headers(service, key, headers):
