@@ -178,7 +178,7 @@ class Gateway:
         except NoCandidateError as error:
             raise Unroutable(str(error), param="switchboard.max_cost_usd") from None
         record.router, record.router_version = router_name, version
-        record.threshold = decision.threshold
+        record.threshold, record.answer_value_usd = decision.threshold, decision.answer_value_usd
         record.candidates = [
             {"model": c.model, "p_pass": c.p_pass, "expected_cost_usd": c.expected_cost_usd}
             for c in decision.candidates

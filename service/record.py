@@ -34,6 +34,7 @@ class RequestRecord:
     router_version: str | None = None
     arm: str | None = None
     threshold: float | None = None
+    answer_value_usd: float | None = None  # set when the value rule decided
     candidates: list[dict[str, Any]] | None = None
     propensity: float | None = None
     chosen_model: str | None = None
@@ -116,6 +117,7 @@ class RequestRecord:
             "router_version": self.router_version,
             "arm": self.arm,
             "threshold": self.threshold,
+            "answer_value_usd": self.answer_value_usd,
             "candidates": self.candidates,
             "propensity": self.propensity,
             "chosen_model": self.chosen_model,

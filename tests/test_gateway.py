@@ -492,6 +492,11 @@ def test_the_value_rule_from_body_or_header_and_never_with_a_threshold(service, 
 
     cheap = decide({"answer_value_usd": 1e-9}).json()
     assert cheap["rule"] == "highest_expected_value" and cheap["threshold"] is None
+    body = {"model": "switchboard/auto", "messages": [{"role": "user", "content": PROMPT}]}
+    served = raw_post(service, {**body, "switchboard": {"answer_value_usd": 0.5}}, key)
+    assert served.json()["switchboard"]["rule"] == "highest_expected_value"
+    row = ledger(service, key, served.headers["x-switchboard-request-id"])
+    assert row["answer_value_usd"] == 0.5 and row["threshold"] is None
     assert cheap["answer_value_usd"] == 1e-9
     cheapest = min(
         (c for c in cheap["candidates"] if c["expected_cost_usd"] is not None),

@@ -75,3 +75,19 @@ def test_without_exploration_the_logged_policy_is_its_observed_traffic():
     assert result["quality"]["dr"]["value"] == pytest.approx(log["quality"].mean())
     other = evaluate_policy(log, threshold_policy(0.3)(log))
     assert other["agreement"] < 1  # a router that disagrees cannot be judged without exploring
+
+
+def test_the_logged_policy_replays_each_request_by_the_rule_that_decided_it():
+    candidates = [
+        {"model": m, "p_pass": p, "expected_cost_usd": COST[m]}
+        for m, p in zip(MODELS, [0.75, 0.8, 0.95], strict=True)
+    ]
+    log = pd.DataFrame(
+        {
+            "candidates": [candidates] * 3,
+            # threshold 0.7: cheap; worth $0.1: 0.074, 0.076, 0.075 -> mid; worth $1: dear
+            "threshold": [0.7, None, None],
+            "answer_value_usd": [None, 0.1, 1.0],
+        }
+    )
+    assert logged_policy()(log) == ["cheap", "mid", "dear"]

@@ -98,12 +98,34 @@ def _threshold_choice(candidates: list[dict[str, Any]], threshold: float) -> str
     return next(c["model"] for c in candidates if c.get("expected_cost_usd") == cost)
 
 
+def _value_choice(candidates: list[dict[str, Any]], value: float) -> str:
+    """The value rule over logged candidates: the highest value * P(pass) - expected cost."""
+    priced = [c for c in candidates if c.get("expected_cost_usd") is not None]
+    best = max(
+        priced,
+        key=lambda c: (value * c["p_pass"] - c["expected_cost_usd"], -c["expected_cost_usd"]),
+    )
+    return str(best["model"])
+
+
+def _logged_choice(candidates: list[dict[str, Any]], threshold: Any, value: Any) -> str:
+    if value is not None and not pd.isna(value):
+        return _value_choice(candidates, float(value))
+    return _threshold_choice(candidates, float(threshold))
+
+
 def logged_policy() -> Policy:
-    """The logging router's decisions without exploration (each request at its threshold)."""
-    return lambda logged: [
-        _threshold_choice(c, t)
-        for c, t in zip(logged["candidates"], logged["threshold"], strict=True)
-    ]
+    """The logging router's decisions without exploration (each request by its own rule: at
+    its threshold, or at its answer value)."""
+
+    def decisions(logged: pd.DataFrame) -> list[str]:
+        values = logged.get("answer_value_usd", pd.Series([None] * len(logged)))
+        return [
+            _logged_choice(c, t, v)
+            for c, t, v in zip(logged["candidates"], logged["threshold"], values, strict=True)
+        ]
+
+    return decisions
 
 
 def threshold_policy(threshold: float) -> Policy:

@@ -46,6 +46,7 @@ def logged_requests(database_url: str, since: datetime | None = None) -> pd.Data
         requests.c.router_version,
         requests.c.arm,
         requests.c.threshold,
+        requests.c.answer_value_usd,
         requests.c.candidates,
         requests.c.chosen_model,
         requests.c.served_model,

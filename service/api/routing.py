@@ -40,7 +40,7 @@ async def route(request: Request) -> dict[str, Any]:
         "expected_cost_usd": record.expected_cost_usd,
         "rule": record.rule,
         "threshold": record.threshold,
-        "answer_value_usd": controls.answer_value_usd if record.threshold is None else None,
+        "answer_value_usd": record.answer_value_usd,
         "router": record.router,
         "router_version": record.router_version,
         "spend_control": record.spend_control,
