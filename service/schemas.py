@@ -111,6 +111,11 @@ class FeedbackRequest(BaseModel):
         return 1.0 if self.thumbs == "up" else 0.0
 
 
+def _message(error: Any) -> str:
+    """A validation error's message; a validator's own words without pydantic's prefix."""
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
 def parse(model: type[BaseModel], payload: Any) -> Any:
     """Validate ``payload`` or raise InvalidRequest naming the first offending field."""
     if not isinstance(payload, dict):
@@ -120,7 +125,7 @@ def parse(model: type[BaseModel], payload: Any) -> Any:
     except ValidationError as error:
         first = error.errors()[0]
         param = ".".join(str(part) for part in first["loc"]) or None
-        message = first["msg"].removeprefix("Value error, ")  # a validator's own words
+        message = _message(first)
         raise InvalidRequest(f"{param}: {message}" if param else message, param=param) from None
 
 
@@ -144,7 +149,7 @@ def controls_from_headers(headers: Any) -> RoutingControls | None:
     except ValidationError as error:
         first = error.errors()[0]
         if not first["loc"]:  # a rule over several headers
-            raise InvalidRequest(first["msg"].removeprefix("Value error, ")) from None
+            raise InvalidRequest(_message(first)) from None
         field = str(first["loc"][0]).replace("_", "-")
         raise InvalidRequest(f"x-switchboard-{field}: {first['msg']}", param=field) from None
 

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from service.pacing import chosen_cost
+from service.routing.decision import choose_by_value
 from service.routing.heuristic import HeuristicRouter
 from service.routing.learned import LearnedRouter
 
@@ -99,13 +100,10 @@ def _threshold_choice(candidates: list[dict[str, Any]], threshold: float) -> str
 
 
 def _value_choice(candidates: list[dict[str, Any]], value: float) -> str:
-    """The value rule over logged candidates: the highest value * P(pass) - expected cost."""
-    priced = [c for c in candidates if c.get("expected_cost_usd") is not None]
-    best = max(
-        priced,
-        key=lambda c: (value * c["p_pass"] - c["expected_cost_usd"], -c["expected_cost_usd"]),
-    )
-    return str(best["model"])
+    """The value rule (service/routing/decision.py) over one request's logged candidates."""
+    p = np.array([[c["p_pass"] for c in candidates]], dtype=float)
+    cost = np.array([[c.get("expected_cost_usd") for c in candidates]], dtype=float)
+    return str(candidates[int(choose_by_value(p, cost, value)[0])]["model"])
 
 
 def _logged_choice(candidates: list[dict[str, Any]], threshold: Any, value: Any) -> str:

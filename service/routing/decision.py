@@ -49,56 +49,6 @@ class Decision:
     answer_value_usd: float | None = None
 
 
-@dataclass(frozen=True)
-class Prices:
-    """Per-model prices for expected costs (NaN for an unpriced model)."""
-
-    prompt_usd_per_token: np.ndarray
-    completion_usd_per_token: np.ndarray
-    request_usd: np.ndarray
-    typical_output_tokens: np.ndarray
-
-    @classmethod
-    def of(cls, models: Sequence[str], catalog: Catalog) -> Prices:
-        columns = np.full((4, len(models)), np.nan)
-        for j, model in enumerate(models):
-            info = catalog.get(model)
-            if info.priced:
-                columns[:, j] = (
-                    info.prompt_usd_per_token,
-                    info.completion_usd_per_token,
-                    info.request_usd,
-                    info.typical_output_tokens or 0,
-                )
-        return cls(*columns)
-
-    def expected_costs(
-        self,
-        input_tokens: np.ndarray,
-        max_output_tokens: int | None = None,
-        answer_tokens: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """(prompts x models) USD: input tokens at the prompt price, plus the expected answer
-        (``answer_tokens`` where given and not NaN, else the model's typical length), at most
-        ``max_output_tokens``, at the completion price, plus any per-request price."""
-        output = np.broadcast_to(
-            self.typical_output_tokens, (len(input_tokens), len(self.request_usd))
-        )
-        if answer_tokens is not None:
-            output = np.where(np.isnan(answer_tokens), output, answer_tokens)
-        if max_output_tokens is not None:
-            output = np.minimum(output, max_output_tokens)
-        return (
-            np.asarray(input_tokens, dtype=float)[:, None] * self.prompt_usd_per_token
-            + output * self.completion_usd_per_token
-            + self.request_usd
-        )
-
-
-def input_tokens(prompts: Sequence[str]) -> np.ndarray:
-    return np.array([estimate_tokens(p) for p in prompts], dtype=float)
-
-
 def expected_costs(
     prompts: Sequence[str],
     models: Sequence[str],
@@ -108,13 +58,25 @@ def expected_costs(
 ) -> np.ndarray:
     """Expected USD cost of sending each prompt to each model; NaN for an unpriced model.
 
-    Input tokens are estimated from the prompt; output tokens are ``answer_tokens`` (the
-    router's prediction for this prompt and model) where given, else the model's typical answer
-    length from the catalog; either at most the request's ``max_output_tokens``.
+    Input tokens are estimated from the prompt; output tokens are ``answer_tokens`` (prompts x
+    models: the router's prediction, NaN where it has none) where given, else the model's typical
+    answer length from the catalog; either at most the request's ``max_output_tokens``.
     """
-    return Prices.of(models, catalog).expected_costs(
-        input_tokens(prompts), max_output_tokens, answer_tokens
-    )
+    prompt_price, completion_price, request_price, typical = np.full((4, len(models)), np.nan)
+    for j, model in enumerate(models):
+        info = catalog.get(model)
+        if info.priced:
+            prompt_price[j] = info.prompt_usd_per_token
+            completion_price[j] = info.completion_usd_per_token
+            request_price[j] = info.request_usd
+            typical[j] = info.typical_output_tokens or 0
+    output = np.broadcast_to(typical, (len(prompts), len(models)))
+    if answer_tokens is not None:
+        output = np.where(np.isnan(answer_tokens), output, answer_tokens)
+    if max_output_tokens is not None:
+        output = np.minimum(output, max_output_tokens)
+    input_tokens = np.array([estimate_tokens(p) for p in prompts], dtype=float)[:, None]
+    return input_tokens * prompt_price + output * completion_price + request_price
 
 
 def choose(
