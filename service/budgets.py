@@ -4,20 +4,21 @@ A budget has a scope (``global``, ``tenant:NAME``, ``key:ID``, ``model:ID``), a 
 ``week``, ``month``: calendar periods in UTC, weeks from Monday; or ``total``) and a hard limit.
 Each period has a window row with ``spent_usd`` and ``reserved_usd``.
 
-Before an upstream call the gateway reserves the call's worst-case cost on every budget that
-applies, in one transaction whose conditional UPDATE (``spent + reserved + amount <= limit``)
-either takes the whole amount or nothing: PostgreSQL re-checks the condition on the newest row
-version after waiting for a concurrent writer, SQLite runs one writer at a time, so concurrent
-requests across any number of processes can never hold more than the limit. After the call the
-reservation is settled in the same transaction as the request's ledger row (spend += the actual
-charge, reserved -= the hold), or released if the call failed. Each reservation is also a row
-with an expiry, so a process that dies mid-request leaks nothing: ``sweep`` releases expired ones.
+Before an upstream call the gateway holds the call's worst-case cost on every budget that
+applies; room is taken from the database only by a conditional UPDATE (``spent + reserved +
+amount <= limit``) that takes the whole amount or nothing: PostgreSQL re-checks the condition on
+the newest row version after waiting for a concurrent writer, SQLite runs one writer at a time,
+so any number of processes can never hold more than the limit. Processes take that room in
+slices (leases, service.budget_leases) and hand it to their calls in memory. After the call the
+charge is settled in the same transaction as the request's ledger row (spend += the charge,
+reserved -= the same). Each reservation is a row with an expiry, so a process that dies leaks
+nothing: ``sweep`` releases expired ones.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -178,14 +179,6 @@ class BudgetExceeded(PaymentRequired):
         self.window = window
 
 
-@dataclass
-class Hold:
-    """The reservations made for one upstream call: (reservation id, budget, period start)."""
-
-    amount_usd: float
-    reservations: list[tuple[str, Budget, datetime]] = field(default_factory=list)
-
-
 class BudgetStore:
     """Budget definitions (cached per process for ``refresh_s``) and their windows."""
 
@@ -193,7 +186,6 @@ class BudgetStore:
         self.engine = engine
         self.refresh_s = refresh_s
         self._cache: tuple[float, list[Budget]] | None = None
-        self._windows_made: set[tuple[int, datetime]] = set()  # known to exist: skip the insert
 
     # -- definitions --------------------------------------------------------------------------
 
@@ -259,7 +251,6 @@ class BudgetStore:
             )
             deleted = await conn.execute(budgets.delete().where(budgets.c.id == budget_id))
         self.invalidate()
-        self._windows_made = {w for w in self._windows_made if w[0] != budget_id}
         return bool(deleted.rowcount)
 
     async def find(self, scope: str, period: str | None = None) -> list[Budget]:
@@ -302,115 +293,40 @@ class BudgetStore:
             window.requests = row.requests
         return window
 
-    async def reserve(
-        self, applicable: list[Budget], amount_usd: float, hold_id: str, ttl_s: float
-    ) -> Hold:
-        """Hold ``amount_usd`` on every budget, all or none; BudgetExceeded names the first
-        budget without room."""
-        at = now()
-        hold = Hold(amount_usd)
-        made: list[tuple[int, datetime]] = []
-        async with self.engine.begin() as conn:
-            for budget in sorted(applicable, key=lambda b: b.id):  # one lock order: no deadlocks
-                start, resets_at = period_window(budget.period, at)
-                if (budget.id, start) not in self._windows_made:
-                    await insert_ignore(
-                        conn, budget_windows, budget_id=budget.id, period_start=start
-                    )
-                    made.append((budget.id, start))
-                this = (budget_windows.c.budget_id == budget.id) & (
-                    budget_windows.c.period_start == start
-                )
-                room = (
-                    budget_windows.c.spent_usd + budget_windows.c.reserved_usd + amount_usd
-                    <= budget.limit_usd + EPSILON_USD
-                )
-                taken = await conn.execute(
-                    budget_windows.update()
-                    .where(this & room)
-                    .values(reserved_usd=budget_windows.c.reserved_usd + amount_usd)
-                )
-                if taken.rowcount != 1:
-                    row = (await conn.execute(budget_windows.select().where(this))).one()
-                    full = Window(budget, start, resets_at, row.spent_usd, row.reserved_usd)
-                    raise BudgetExceeded(full, amount_usd)  # the transaction rolls back
-                reservation_id = f"{hold_id}:{budget.id}"
-                await conn.execute(
-                    budget_reservations.insert().values(
-                        id=reservation_id,
-                        budget_id=budget.id,
-                        period_start=start,
-                        amount_usd=amount_usd,
-                        expires_at=at + timedelta(seconds=ttl_s),
-                    )
-                )
-                hold.reservations.append((reservation_id, budget, start))
-        self._windows_made.update(made)  # committed: these windows exist now
-        return hold
-
-    async def release(self, hold: Hold) -> None:
-        """Give a failed call's hold back."""
-        async with self.engine.begin() as conn:
-            await self.settle(conn, hold, 0.0, count=False)
-
-    async def settle(
-        self, conn: AsyncConnection, hold: Hold, charge_usd: float, count: bool = True
-    ) -> list[Window]:
-        """In the caller's transaction: charge ``charge_usd`` to each held budget's window and
-        drop the hold (unless the sweeper already did). Returns the windows as they now are."""
-        charged = []
-        for reservation_id, budget, start in hold.reservations:
-            dropped = await conn.execute(
-                budget_reservations.delete().where(budget_reservations.c.id == reservation_id)
-            )
-            held = hold.amount_usd if dropped.rowcount == 1 else 0.0
-            if not held and not charge_usd:
-                continue
-            row = (
-                await conn.execute(
-                    budget_windows.update()
-                    .where(
-                        (budget_windows.c.budget_id == budget.id)
-                        & (budget_windows.c.period_start == start)
-                    )
-                    .values(
-                        reserved_usd=budget_windows.c.reserved_usd - held,
-                        spent_usd=budget_windows.c.spent_usd + charge_usd,
-                        requests=budget_windows.c.requests + (1 if count else 0),
-                    )
-                    .returning(
-                        budget_windows.c.spent_usd,
-                        budget_windows.c.reserved_usd,
-                        budget_windows.c.requests,
-                    )
-                )
-            ).one()
-            _, resets_at = period_window(budget.period, start)
-            charged.append(Window(budget, start, resets_at, *row))
-        return charged
-
     async def sweep(self) -> int:
-        """Release reservations past their expiry (their process died mid-request)."""
+        """Release holds past their expiry (their process died mid-request)."""
+        released: dict[tuple[int, datetime], float] = {}
+        count = 0
         async with self.engine.begin() as conn:
             expired = (
                 await conn.execute(
-                    budget_reservations.select().where(budget_reservations.c.expires_at < now())
+                    budget_reservations.select()
+                    .where(budget_reservations.c.expires_at < now())
+                    .order_by(budget_reservations.c.budget_id, budget_reservations.c.id)
                 )
             ).all()
-            released = 0
-            for row in expired:
+            for row in expired:  # the hold rows first, then the windows: one lock order
                 dropped = await conn.execute(
                     budget_reservations.delete().where(budget_reservations.c.id == row.id)
                 )
-                if dropped.rowcount != 1:
-                    continue
-                await conn.execute(
-                    budget_windows.update()
-                    .where(
-                        (budget_windows.c.budget_id == row.budget_id)
-                        & (budget_windows.c.period_start == row.period_start)
-                    )
-                    .values(reserved_usd=budget_windows.c.reserved_usd - row.amount_usd)
+                if dropped.rowcount == 1:
+                    count += 1
+                    key = (row.budget_id, row.period_start)
+                    released[key] = released.get(key, 0.0) + row.amount_usd
+            await unreserve(conn, released)
+        return count
+
+
+async def unreserve(conn: AsyncConnection, released: dict[tuple[int, datetime], float]) -> None:
+    """Give room held on windows, keyed (budget id, period start), back; in budget order, the
+    order every transaction locks windows in."""
+    for (budget_id, start), amount in sorted(released.items()):
+        if amount > EPSILON_USD:
+            await conn.execute(
+                budget_windows.update()
+                .where(
+                    (budget_windows.c.budget_id == budget_id)
+                    & (budget_windows.c.period_start == start)
                 )
-                released += 1
-        return released
+                .values(reserved_usd=budget_windows.c.reserved_usd - amount)
+            )

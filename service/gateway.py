@@ -304,7 +304,7 @@ class Gateway:
             assert last is not None
             if record.hold is not None and self.spend is not None:
                 hold, record.hold = record.hold, None
-                await self.spend.release(hold)
+                self.spend.release(hold)
             record.fallbacks.append(
                 {
                     "model": model,

@@ -130,18 +130,29 @@ async def reload_router(state: Any) -> bool:
 
 async def maintain(state: Any) -> None:
     """Periodic upkeep in every replica (each step is safe to run concurrently in several):
-    release the budget holds of requests whose process died, trip spend breakers, recompute
-    budget pacing, stop experiments with a significantly worse arm, pick up a new champion."""
+    release the budget holds of processes that died, give back idle budget leases, trip spend
+    breakers, recompute budget pacing, stop experiments with a significantly worse arm, pick up
+    a new champion."""
     while True:
         await asyncio.sleep(state.settings.upkeep_interval_s)
         try:
             await state.budgets.sweep()
+            await state.spend.leases.tidy()
             await state.breaker.check()
             await state.pacer.update_all()
             await state.experiments.check_stop()
             await reload_router(state)
         except Exception:  # upkeep must outlive a database hiccup
             log.exception("upkeep failed")
+
+
+async def give_back_leases(state: Any) -> None:
+    """At shutdown: the room of this process's budget leases goes back to its windows (if the
+    database is away, the leases expire and another replica's upkeep sweeps them)."""
+    try:
+        await state.spend.leases.tidy(everything=True)
+    except Exception as error:
+        log.warning("could not give back the budget leases (they expire instead): %s", error)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -211,6 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.shutting_down = True
             upkeep.cancel()
             await state.recorder.drain()
+            await give_back_leases(state)
             await state.alerts.drain()
             await client.aclose()
             await ledger.close()

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.budgets import Hold
+from service.budget_leases import Hold
 from service.catalog import Catalog
 from service.ledger import Principal, now
 from service.providers.base import Usage

@@ -113,10 +113,8 @@ class Recorder:
 
     async def _insert(self, batch: list[RequestRecord]) -> list[Window]:
         rows: list[dict[str, Any]] = [record.row() for record in batch]
-        windows: list[Window] = []
         async with self.ledger.engine.begin() as conn:
             await conn.execute(requests.insert(), rows)
-            for record in batch:
-                if record.hold is not None:
-                    windows += await self.spend.settle(conn, record)
-        return windows
+            settlement = await self.spend.settle(conn, batch)
+        self.spend.settled(settlement)
+        return settlement.windows

@@ -24,7 +24,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.alerts import Alerts
-from service.budgets import Budget, BudgetExceeded, BudgetStore, Hold, Window, utc
+from service.budget_leases import BudgetLeases, Hold, Settlement
+from service.budgets import Budget, BudgetExceeded, BudgetStore, Window, utc
 from service.catalog import Catalog
 from service.config import Settings
 from service.costs import bound_output, budget_charge, worst_case_cost
@@ -66,6 +67,9 @@ class SpendControl:
         self.catalog = catalog
         self.settings = settings
         self.breaker = breaker
+        self.leases = BudgetLeases(
+            store.engine, settings.request_timeout_s, settings.upkeep_interval_s
+        )
         self._windows: dict[int, tuple[float, Window]] = {}
 
     async def _window(self, budget: Budget) -> Window:
@@ -144,9 +148,8 @@ class SpendControl:
                 param="model",
                 code="unpriced_model",
             ) from None
-        ttl = self.settings.request_timeout_s + 60
         try:
-            return await self.store.reserve(applicable, amount, f"{record.id}:{model}", ttl)
+            return await self.leases.hold(applicable, amount)
         except BudgetExceeded as exceeded:
             if 1.0 in exceeded.window.budget.alert_at:  # exhausted: the 100 % alert, once
                 await self.alerts.budget_threshold(exceeded.window, 1.0, amount)
@@ -160,13 +163,9 @@ class SpendControl:
                 retry_after_s=LEDGER_RETRY_AFTER_S,
             ) from None
 
-    async def release(self, hold: Hold) -> None:
-        """Give a failed call's hold back; if the ledger cannot be written, the hold expires
-        and upkeep releases it then."""
-        try:
-            await self.store.release(hold)
-        except OperationalError as error:
-            log.warning("could not release a budget hold (it expires instead): %s", error.orig)
+    def release(self, hold: Hold) -> None:
+        """Give a failed call's hold back to its leases."""
+        self.leases.release(hold)
 
     def charge(self, record: RequestRecord) -> float:
         """What the call costs its budgets: nothing unless an answer (or part of one) came."""
@@ -176,6 +175,11 @@ class SpendControl:
             record.cost_usd, record.prompt_tokens, record.completion_tokens, self.settings
         )
 
-    async def settle(self, conn: AsyncConnection, record: RequestRecord) -> list[Window]:
-        assert record.hold is not None
-        return await self.store.settle(conn, record.hold, record.charged_usd or 0.0)
+    async def settle(self, conn: AsyncConnection, records: list[RequestRecord]) -> Settlement:
+        """In the ledger's transaction: charge these calls to their budgets (``settled`` once
+        it commits)."""
+        charges = [(r.hold, r.charged_usd or 0.0) for r in records if r.hold is not None]
+        return await self.leases.settle(conn, charges)
+
+    def settled(self, settlement: Settlement) -> None:
+        self.leases.settled(settlement)

@@ -6,8 +6,8 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
-import sqlalchemy as sa
 
+from service.budget_leases import LEASE_HOLDS, LEASE_SHARE, BudgetLeases, Hold
 from service.budgets import (
     EPOCH,
     BudgetExceeded,
@@ -136,21 +136,81 @@ async def _fresh(store: BudgetStore, scope: str, limit: float, period: str = "da
     return await store.put(scope, period, limit)
 
 
-def test_reserve_settle_and_release_keep_the_window_true(store):
+def leases(store: BudgetStore) -> BudgetLeases:
+    """One process's lease book (request timeout 60 s, upkeep every 30 s)."""
+    return BudgetLeases(store.engine, request_timeout_s=60, upkeep_interval_s=30)
+
+
+async def settle(book: BudgetLeases, *charges: tuple[Hold, float]) -> list:
+    async with book.engine.begin() as conn:
+        settlement = await book.settle(conn, list(charges))
+    book.settled(settlement)
+    return settlement.windows
+
+
+async def lease_rows(store: BudgetStore) -> list:
+    async with store.engine.connect() as conn:
+        return (await conn.execute(budget_reservations.select())).all()
+
+
+def test_holds_settle_release_and_give_back_keep_the_window_true(store):
     async def scenario():
         budget = await _fresh(store, "tenant:acme", 1.0)
         assert budget.applies(ACME, "x/y") and not budget.applies(Principal(2, "globex", 8), None)
-        hold = await store.reserve([budget], 0.4, "r1", ttl_s=60)
+        book = leases(store)
+        hold = await book.hold([budget], 0.4)  # near the limit: the lease is exactly the hold
         window = await store.window(budget)
         assert (window.spent_usd, window.reserved_usd) == (0.0, pytest.approx(0.4))
-        async with store.engine.begin() as conn:
-            charged = await store.settle(conn, hold, 0.25)
-        assert charged[0].spent_usd == pytest.approx(0.25) and charged[0].reserved_usd == 0
-        failed = await store.reserve([budget], 0.5, "r2", ttl_s=60)
-        await store.release(failed)
+        charged = await settle(book, (hold, 0.25))
+        assert charged[0].spent_usd == pytest.approx(0.25)
+        assert charged[0].reserved_usd == pytest.approx(0.15)  # the lease keeps the rest
+        failed = await book.hold([budget], 0.5)
+        book.release(failed)
+        window = await store.window(budget)
+        assert window.spent_usd == pytest.approx(0.25) and window.requests == 1
+        assert window.reserved_usd == pytest.approx(0.5)  # 0.15 left over + 0.35 grown
+        await book.tidy()  # used since the last upkeep: kept, renewed
+        assert (await store.window(budget)).reserved_usd == pytest.approx(0.5)
+        await book.tidy()  # idle for an interval: its room goes back, its row goes
         window = await store.window(budget)
         assert window.spent_usd == pytest.approx(0.25) and window.reserved_usd == pytest.approx(0)
-        assert window.requests == 1
+        assert await lease_rows(store) == []
+
+    run(scenario())
+
+
+def test_a_lease_serves_many_holds_from_one_grant(store):
+    async def scenario():
+        budget = await _fresh(store, "tenant:acme", 100.0, period="month")
+        book = leases(store)
+        holds = [await book.hold([budget], 0.01) for _ in range(LEASE_HOLDS)]
+        rows = await lease_rows(store)
+        # one grant of room for LEASE_HOLDS holds, all of them taken from it in memory
+        assert len(rows) == 1 and rows[0].amount_usd == pytest.approx(LEASE_HOLDS * 0.01)
+        await book.hold([budget], 0.01)  # the next one grows the same lease
+        rows = await lease_rows(store)
+        assert len(rows) == 1 and rows[0].amount_usd == pytest.approx(2 * LEASE_HOLDS * 0.01)
+        await settle(book, *[(hold, 0.004) for hold in holds])
+        window = await store.window(budget)
+        assert window.spent_usd == pytest.approx(LEASE_HOLDS * 0.004)
+        assert window.requests == LEASE_HOLDS
+        assert window.spent_usd + window.reserved_usd == pytest.approx(2 * LEASE_HOLDS * 0.01)
+        await book.tidy(everything=True)  # shutdown: only the hold in flight stays reserved
+        window = await store.window(budget)
+        assert window.reserved_usd == pytest.approx(0.01)
+        assert [row.amount_usd for row in await lease_rows(store)] == [pytest.approx(0.01)]
+        await store.delete(budget.id)
+
+    run(scenario())
+
+
+def test_a_lease_takes_at_most_a_share_of_the_remaining_room(store):
+    async def scenario():
+        budget = await _fresh(store, "global", 1.0)
+        book = leases(store)
+        await book.hold([budget], 0.01)  # room for 32 would be 0.32
+        assert (await store.window(budget)).reserved_usd == pytest.approx(LEASE_SHARE * 1.0)
+        await book.tidy(everything=True)
 
     run(scenario())
 
@@ -160,10 +220,11 @@ def test_a_hold_that_does_not_fit_is_refused_whole_with_the_numbers(store):
         small = await _fresh(store, "key:7", 0.1)
         large = await _fresh(store, "global", 10.0)
         with pytest.raises(BudgetExceeded) as refused:
-            await store.reserve([large, small], 0.2, "r3", ttl_s=60)
+            await leases(store).hold([large, small], 0.2)
         error = refused.value
         assert error.status == 402 and error.code == "budget_exceeded"
         assert "key:7" in error.message and "limit $0.100000" in error.message
+        assert "may cost up to $0.200000" in error.message
         assert error.headers["x-switchboard-budget-scope"] == "key:7"
         assert "x-switchboard-budget-resets-at" in error.headers
         # all or nothing: the global budget holds nothing either
@@ -172,38 +233,64 @@ def test_a_hold_that_does_not_fit_is_refused_whole_with_the_numbers(store):
     run(scenario())
 
 
-def test_concurrent_holds_never_exceed_the_limit(store):
+def test_concurrent_holds_in_two_processes_never_exceed_the_limit(store):
     async def scenario():
         budget = await _fresh(store, "tenant:acme", 1.0, period="total")
+        books = [leases(store), leases(store)]
 
         async def one(i: int) -> bool:
             try:
-                await store.reserve([budget], 0.15, f"c{i}", ttl_s=60)
+                await books[i % 2].hold([budget], 0.15)
                 return True
             except BudgetExceeded:
                 return False
 
         granted = await asyncio.gather(*(one(i) for i in range(40)))
         window = await store.window(budget)
-        assert sum(granted) == 6  # floor(1.0 / 0.15)
+        assert sum(granted) == 6  # floor(1.0 / 0.15): near the limit leases are single holds
         assert window.reserved_usd == pytest.approx(0.9) and window.resets_at is None
+        await store.delete(budget.id)
 
     run(scenario())
 
 
-def test_expired_holds_are_swept_back(store):
+def test_expired_leases_are_swept_back_and_their_process_starts_a_new_one(store):
     async def scenario():
         budget = await _fresh(store, "model:x/y", 1.0)
-        await store.reserve([budget], 0.3, "dead", ttl_s=60)
+        book = leases(store)
+        in_flight = await book.hold([budget], 0.3)
         async with store.engine.begin() as conn:
             await conn.execute(
                 budget_reservations.update().values(expires_at=datetime(2000, 1, 1, tzinfo=UTC))
             )
-        assert await store.sweep() >= 1
+        assert await store.sweep() == 1
         assert (await store.window(budget)).reserved_usd == pytest.approx(0)
-        async with store.engine.connect() as conn:
-            left = await conn.scalar(sa.select(sa.func.count()).select_from(budget_reservations))
-        assert left == 0
+        assert await lease_rows(store) == []
+        # the call in flight still counts as spend; its lease is gone, so nothing is unreserved
+        await settle(book, (in_flight, 0.1))
+        window = await store.window(budget)
+        assert (window.spent_usd, window.reserved_usd) == (pytest.approx(0.1), pytest.approx(0))
+        await book.hold([budget], 0.3)  # needs room: the lost lease is replaced
+        rows = await lease_rows(store)
+        assert len(rows) == 1 and rows[0].amount_usd == pytest.approx(0.3)
+        assert (await store.window(budget)).reserved_usd == pytest.approx(0.3)
+        await book.tidy(everything=True)
+
+    run(scenario())
+
+
+def test_a_changed_limit_takes_effect_on_the_next_hold(store):
+    async def scenario():
+        budget = await _fresh(store, "tenant:acme", 10.0)
+        book = leases(store)
+        await book.hold([budget], 0.1)  # a lease of 0.5 (a share of 10)
+        lowered = await store.put("tenant:acme", "day", 0.55)
+        with pytest.raises(BudgetExceeded):  # the old lease's room is not used under the new limit
+            await book.hold([lowered], 0.1)
+        await book.tidy()  # the retired lease gives back its free room
+        assert (await store.window(lowered)).reserved_usd == pytest.approx(0.1)
+        await book.hold([lowered], 0.1)
+        await book.tidy(everything=True)
 
     run(scenario())
 
@@ -211,9 +298,8 @@ def test_expired_holds_are_swept_back(store):
 def test_setting_a_budget_again_keeps_its_spend(store):
     async def scenario():
         budget = await _fresh(store, "tenant:acme", 1.0, period="month")
-        hold = await store.reserve([budget], 0.2, "k1", ttl_s=60)
-        async with store.engine.begin() as conn:
-            await store.settle(conn, hold, 0.2)
+        book = leases(store)
+        await settle(book, (await book.hold([budget], 0.2), 0.2))
         again = await store.put("tenant:acme", "month", 5.0, (0.9,))
         assert again.id == budget.id and again.alert_at == (0.9,)
         window = await store.window(again)
