@@ -8,11 +8,16 @@ the cap hard (``spent + reserved + amount <= limit``, all budgets or none). So t
 processes of what they may spend is always within the limit, and a call needs no transaction
 of its own to start.
 
-- Size: a lease grows by room for ``LEASE_HOLDS`` calls of the size asked for, but by at most
+- Size: a lease grows by room for ``LEASE_HOLDS`` calls of the size asked for (or, if more, by
+  twice what its calls in flight hold, so that it keeps up with concurrency), but by at most
   ``LEASE_SHARE`` of the window's remaining room (never less than what the call needs). Near the
   limit, leases shrink to single holds and behave like per-request reservations; a refused call
   can find room stranded in another process's lease, at most about ``LEASE_SHARE`` of what was
   left when that lease grew.
+- Growing: one grow at a time per process; calls that find their lease short while one runs
+  wait for it and look again (no lock convoy). A lease whose free room falls below a quarter of
+  ``LEASE_HOLDS`` holds or half of what is in flight is refilled in the background, ahead of
+  need, so that under steady load calls do not wait for the database at all.
 - Settling: with the call's ledger row (the recorder's transaction) the charge moves from the
   lease to the window's spend; the rest of the call's hold goes back to the lease.
 - Upkeep gives back the room of leases that stayed idle for an interval, of leases for a budget
@@ -24,7 +29,9 @@ of its own to start.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -41,9 +48,15 @@ from service.budgets import (
 from service.ledger import insert_ignore, now
 from service.tables import budget_reservations, budget_windows
 
+log = logging.getLogger("switchboard")
 LEASE_HOLDS = 32  # a lease grows by room for this many holds of the size asked for...
 LEASE_SHARE = 0.05  # ...but by at most this share of the window's remaining room
 SETTLE_MARGIN_S = 60.0  # time allowed after a call's timeout for its row to be written
+
+
+def _low_water(lease: Lease, amount_usd: float) -> float:
+    """Below this much free room a lease is refilled ahead of need."""
+    return max(LEASE_HOLDS * amount_usd / 4, lease.pending_usd / 2)
 
 
 @dataclass(eq=False)
@@ -58,6 +71,7 @@ class Lease:
     pending_usd: float = 0.0
     expires_at: datetime | None = None  # None: not in the database yet
     used: bool = False  # a call held from it since the last upkeep
+    full: bool = False  # a refill found no room: no more refills ahead of need
 
     @property
     def free_usd(self) -> float:
@@ -102,26 +116,39 @@ class BudgetLeases:
         self._active: dict[tuple[int, datetime], Lease] = {}
         self._retired: list[Lease] = []  # no new holds; room given back by upkeep
         self._serial = 0
-        self._grow_lock = asyncio.Lock()
+        self._growing: asyncio.Future[None] | None = None  # the grow in flight
+        self._refill: asyncio.Task[None] | None = None  # kept referenced while it runs
 
     # -- holds ---------------------------------------------------------------------------------
 
     async def hold(self, applicable: list[Budget], amount_usd: float) -> Hold:
         """Hold ``amount_usd`` on every budget, all or none; BudgetExceeded names the first
         budget without room."""
-        leases = self._leases_for(applicable)
-        if any(lease.free_usd < amount_usd - EPSILON_USD for lease in leases):
-            async with self._grow_lock:  # one grower at a time; the others find its room
-                while True:  # calls that need no growth may take room while this one waits
-                    leases = self._leases_for(applicable)
-                    short = [lease for lease in leases if lease.free_usd < amount_usd - EPSILON_USD]
-                    if not short:
-                        break
-                    await self._grow(short, amount_usd)
+        while True:
+            leases = self._leases_for(applicable)
+            short = [lease for lease in leases if lease.free_usd < amount_usd - EPSILON_USD]
+            if not short:
+                break
+            if self._growing is not None:  # one grow at a time; the others look again after it
+                await asyncio.shield(self._growing)
+                continue
+            await self._grow(short, amount_usd, need_all=True)
         for lease in leases:  # no await since the room was checked: nothing can take it
             lease.pending_usd += amount_usd
             lease.used = True
+        low = [
+            lease
+            for lease in leases
+            if not lease.full and lease.free_usd < _low_water(lease, amount_usd)
+        ]
+        if low and self._growing is None:  # grow ahead of need, off this call's path
+            self._refill = asyncio.create_task(self._grow(low, amount_usd, need_all=False))
         return Hold(amount_usd, leases)
+
+    async def wait_for_growth(self) -> None:
+        """Return once no lease is growing (a refill ahead of need may be)."""
+        while self._growing is not None:
+            await asyncio.shield(self._growing)
 
     def release(self, hold: Hold) -> None:
         """A failed call's hold goes back to its leases."""
@@ -227,15 +254,33 @@ class BudgetLeases:
         self._retire(lease)
         lease.granted_usd = 0.0
 
-    async def _grow(self, short: list[Lease], amount_usd: float) -> None:
-        """Reserve more room for each lease in one transaction, all or none. A lease whose row
-        was swept is given up instead (the caller looks again and finds a new one)."""
+    def _grow(
+        self, short: list[Lease], amount_usd: float, need_all: bool
+    ) -> Coroutine[None, None, None]:
+        """Reserve more room for each lease in one transaction. ``need_all``: each must get
+        room for a hold of ``amount_usd`` (all or none; else BudgetExceeded); otherwise this is
+        a refill ahead of need and takes what fits. A lease whose row was swept is given up
+        instead (the caller looks again and finds a new one). The grow counts as in flight from
+        this call on, before it is awaited or scheduled."""
+        growing = self._growing = asyncio.get_running_loop().create_future()
+        return self._grow_until_done(short, amount_usd, need_all, growing)
+
+    async def _grow_until_done(
+        self, short: list[Lease], amount_usd: float, need_all: bool, growing: asyncio.Future[None]
+    ) -> None:
         try:
-            await self._grow_once(short, amount_usd)
+            await self._grow_once(short, amount_usd, need_all)
         except LeaseLost as lost:
             self._lose(lost.lease)
+        except Exception:
+            if need_all:
+                raise
+            log.debug("refilling a budget lease failed", exc_info=True)  # a call will retry
+        finally:
+            growing.set_result(None)
+            self._growing = None
 
-    async def _grow_once(self, short: list[Lease], amount_usd: float) -> None:
+    async def _grow_once(self, short: list[Lease], amount_usd: float, need_all: bool) -> None:
         at = now()
         expires_at = at + self.ttl
         grants: list[float] = []
@@ -247,9 +292,11 @@ class BudgetLeases:
                 await insert_ignore(
                     conn, budget_windows, budget_id=lease.budget.id, period_start=lease.start
                 )
-                need = amount_usd - lease.free_usd
+                need = amount_usd - lease.free_usd if need_all else 0.0
                 grants.append(await self._reserve(conn, lease, need, amount_usd))
             for lease, grant in zip(short, grants, strict=True):
+                if not grant:
+                    continue
                 if lease.expires_at is None:
                     await conn.execute(
                         budget_reservations.insert().values(
@@ -267,24 +314,29 @@ class BudgetLeases:
                         .values(amount_usd=budget_reservations.c.amount_usd + grant)
                     )
         for lease, grant in zip(short, grants, strict=True):
-            lease.granted_usd += grant
-            lease.expires_at = expires_at
+            if grant:
+                lease.granted_usd += grant
+                lease.expires_at = expires_at
+            elif not need_all:
+                lease.full = True  # near the limit: calls grow it by what they need
 
     @staticmethod
     async def _reserve(
         conn: AsyncConnection, lease: Lease, need: float, amount_usd: float
     ) -> float:
-        """Add room for ``LEASE_HOLDS`` holds of ``amount_usd`` to the window's reserved room, but
-        at most ``LEASE_SHARE`` of what remains and at least ``need``; BudgetExceeded if
-        ``need`` does not fit."""
+        """Add room for ``LEASE_HOLDS`` holds of ``amount_usd`` (or, if more, for what the
+        lease's calls in flight hold) to the window's reserved room, but at most ``LEASE_SHARE``
+        of what remains and at least ``need``; BudgetExceeded if ``need`` does not fit."""
         budget = lease.budget
         this = (budget_windows.c.budget_id == budget.id) & (
             budget_windows.c.period_start == lease.start
         )
         row = (await conn.execute(budget_windows.select().where(this))).one()
         remaining = budget.limit_usd - row.spent_usd - row.reserved_usd
-        want = min(LEASE_HOLDS * amount_usd, LEASE_SHARE * remaining)
-        for grant in dict.fromkeys((max(need, want), need)):
+        want = min(max(LEASE_HOLDS * amount_usd, 2 * lease.pending_usd), LEASE_SHARE * remaining)
+        if need <= 0 and want < amount_usd:
+            return 0.0  # a refill that could not serve one more hold would only strand room
+        for grant in dict.fromkeys(g for g in (max(need, want), need) if g > 0):
             taken = await conn.execute(
                 budget_windows.update()
                 .where(
@@ -298,6 +350,8 @@ class BudgetLeases:
             )
             if taken.rowcount == 1:
                 return grant
+        if need <= 0:
+            return 0.0  # a refill that does not fit: calls grow by what they need
         row = (await conn.execute(budget_windows.select().where(this))).one()
         _, resets_at = period_window(budget.period, lease.start)
         full = Window(budget, lease.start, resets_at, row.spent_usd, row.reserved_usd)
@@ -309,6 +363,7 @@ class BudgetLeases:
         """Give back the free room of retired leases and of leases idle since the last upkeep
         (``everything``: of all leases, at shutdown), drop the rows of leases with nothing in
         flight, and renew the expiry of the rest."""
+        await self.wait_for_growth()
         for lease in list(self._active.values()):
             if everything or not lease.used:
                 self._retire(lease)

@@ -17,7 +17,6 @@ nothing: ``sweep`` releases expired ones.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.errors import PaymentRequired
 from service.ledger import Principal, insert_ignore, now
+from service.refreshing import Refreshing
 from service.tables import budget_reservations, budget_windows, budgets
 
 PERIODS = ("day", "week", "month", "total")
@@ -185,21 +185,20 @@ class BudgetStore:
     def __init__(self, engine: AsyncEngine, refresh_s: float = 2.0):
         self.engine = engine
         self.refresh_s = refresh_s
-        self._cache: tuple[float, list[Budget]] | None = None
+        self._budgets = Refreshing(self._read_all, refresh_s)
 
     # -- definitions --------------------------------------------------------------------------
 
     async def all(self) -> list[Budget]:
-        if self._cache and self._cache[0] > time.monotonic():
-            return self._cache[1]
+        return await self._budgets.get()
+
+    async def _read_all(self) -> list[Budget]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(budgets.select().order_by(budgets.c.id))
-            found = [Budget.from_row(row) for row in rows]
-        self._cache = (time.monotonic() + self.refresh_s, found)
-        return found
+            return [Budget.from_row(row) for row in rows]
 
     def invalidate(self) -> None:
-        self._cache = None
+        self._budgets.invalidate()
 
     async def put(
         self,

@@ -18,7 +18,6 @@ once both have ``min_feedback`` ratings stops the experiment (upkeep checks it e
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.ledger import Principal, insert_ignore, now
+from service.refreshing import Refreshing
 from service.routing.exploration import stable_unit
 from service.tables import experiments, feedback, requests
 
@@ -153,18 +153,18 @@ class ExperimentStore:
     def __init__(self, engine: AsyncEngine, refresh_s: float = 2.0):
         self.engine = engine
         self.refresh_s = refresh_s
-        self._cache: tuple[float, Experiment | None] | None = None
+        self._running = Refreshing(self._read_running, refresh_s)
 
     async def running(self) -> Experiment | None:
-        if self._cache and self._cache[0] > time.monotonic():
-            return self._cache[1]
+        """The running experiment (cached per process like the budgets)."""
+        return await self._running.get()
+
+    async def _read_running(self) -> Experiment | None:
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(experiments.select().where(experiments.c.status == "running"))
             ).first()
-        found = Experiment.from_row(row) if row else None
-        self._cache = (time.monotonic() + self.refresh_s, found)
-        return found
+        return Experiment.from_row(row) if row else None
 
     async def start(
         self, name: str, arms: list[Arm], unit: str, margin: float, min_feedback: int
@@ -191,7 +191,7 @@ class ExperimentStore:
             if not created:
                 raise ValueError(f"an experiment named {name!r} exists")
             row = (await conn.execute(experiments.select().where(experiments.c.name == name))).one()
-        self._cache = None
+        self._running.invalidate()
         return Experiment.from_row(row)
 
     async def _any_running(self) -> bool:
@@ -208,7 +208,7 @@ class ExperimentStore:
                 .where((experiments.c.name == name) & (experiments.c.status == "running"))
                 .values(status="stopped", stopped_at=now(), stop_reason=reason)
             )
-        self._cache = None
+        self._running.invalidate()
         return bool(result.rowcount)
 
     async def get(self, name: str) -> Experiment | None:

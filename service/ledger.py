@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from service.refreshing import Refreshing
 from service.tables import api_keys, feedback, requests, tenants
 
 KEY_PREFIX = "sb-"
@@ -82,7 +83,7 @@ class Ledger:
 
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
-        self._auth_cache: dict[str, tuple[float, Principal | None]] = {}
+        self._auth_cache: dict[str, Refreshing[Principal | None]] = {}
 
     @classmethod
     def connect(cls, async_url: str) -> Ledger:
@@ -133,11 +134,20 @@ class Ledger:
         return key, int(result.inserted_primary_key[0])  # type: ignore[index]
 
     async def authenticate(self, key: str) -> Principal | None:
-        """The tenant that owns ``key``, or None; answers are cached for 30 seconds."""
+        """The tenant that owns ``key``, or None; answers are cached for 30 seconds
+        (service.refreshing)."""
         digest = hash_key(key)
         cached = self._auth_cache.get(digest)
-        if cached and cached[0] > time.monotonic():
-            return cached[1]
+        if cached is None:
+            if len(self._auth_cache) >= AUTH_CACHE_ENTRIES:
+                self._auth_cache = {d: c for d, c in self._auth_cache.items() if not c.expired}
+                if len(self._auth_cache) >= AUTH_CACHE_ENTRIES:
+                    self._auth_cache.clear()
+            cached = Refreshing(partial(self._read_principal, digest), AUTH_CACHE_SECONDS)
+            self._auth_cache[digest] = cached
+        return await cached.get()
+
+    async def _read_principal(self, digest: str) -> Principal | None:
         query = (
             sa.select(api_keys.c.id, api_keys.c.tenant_id, tenants.c.name)
             .join(tenants, tenants.c.id == api_keys.c.tenant_id)
@@ -145,14 +155,7 @@ class Ledger:
         )
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        principal = Principal(row.tenant_id, row.name, row.id) if row else None
-        at = time.monotonic()
-        if len(self._auth_cache) >= AUTH_CACHE_ENTRIES:
-            self._auth_cache = {d: e for d, e in self._auth_cache.items() if e[0] > at}
-            if len(self._auth_cache) >= AUTH_CACHE_ENTRIES:
-                self._auth_cache.clear()
-        self._auth_cache[digest] = (at + AUTH_CACHE_SECONDS, principal)
-        return principal
+        return Principal(row.tenant_id, row.name, row.id) if row else None
 
     async def get_request(self, request_id: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:

@@ -4,6 +4,7 @@ the lifespan. ``switchboard serve`` runs it under uvicorn."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -39,6 +40,7 @@ from service.gateway import Gateway
 from service.ledger import Ledger, Principal
 from service.metrics import Metrics
 from service.pacing import Pacer
+from service.providers.aiohttp_transport import AiohttpTransport
 from service.providers.base import Provider
 from service.providers.openai_compat import openai_direct, openrouter
 from service.providers.replay import ReplayProvider
@@ -174,7 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 write=settings.connect_timeout_s,
                 pool=settings.read_timeout_s,
             ),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            transport=AiohttpTransport(max_connections=1000),
         )
         metrics = Metrics()
         state = app.state
@@ -216,6 +218,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin_id = await ledger.ensure_tenant(ADMIN_TENANT)
         state.local_principal = Principal(local_id, LOCAL_TENANT, None)
         state.admin_principal = Principal(admin_id, ADMIN_TENANT, None, admin=True)
+        # what start-up built (router, catalog, libraries) lives as long as the process: keep it
+        # out of the garbage collector's full passes, which otherwise stall every request
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

@@ -11,7 +11,6 @@ row (one per scope, so concurrent replicas trip it once) that every replica read
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +21,7 @@ from service.alerts import Alerts
 from service.budgets import utc
 from service.config import Settings
 from service.ledger import insert_ignore, now
+from service.refreshing import Refreshing
 from service.tables import requests, spend_breakers, tenants
 
 GLOBAL = "global"
@@ -32,23 +32,20 @@ class SpendBreaker:
         self.engine = engine
         self.settings = settings
         self.alerts = alerts
-        self._cache: tuple[float, dict[str, dict[str, Any]]] | None = None
+        self._open = Refreshing(self._read_open, settings.budget_refresh_s)
 
     def invalidate(self) -> None:
-        self._cache = None
+        self._open.invalidate()
 
     async def open_scopes(self) -> dict[str, dict[str, Any]]:
         """The breakers open now, by scope (cached per process like the budgets)."""
-        if self._cache and self._cache[0] > time.monotonic():
-            return self._cache[1]
+        return await self._open.get()
+
+    async def _read_open(self) -> dict[str, dict[str, Any]]:
         at = now()
         async with self.engine.connect() as conn:
             rows = [dict(r._mapping) for r in await conn.execute(spend_breakers.select())]
-        found = {
-            r["scope"]: r for r in rows if r["open_until"] is None or utc(r["open_until"]) > at
-        }
-        self._cache = (time.monotonic() + self.settings.budget_refresh_s, found)
-        return found
+        return {r["scope"]: r for r in rows if r["open_until"] is None or utc(r["open_until"]) > at}
 
     async def _spend_by_scope(self, start: datetime, end: datetime) -> dict[str, float]:
         query = (
@@ -104,7 +101,7 @@ class SpendBreaker:
                 open_until=open_until,
                 reason=reason,
             )
-        self._cache = None
+        self.invalidate()
         if created:
             await self.alerts.create(
                 f"spike:{scope}:{at.isoformat()}",
@@ -125,7 +122,7 @@ class SpendBreaker:
         return created
 
     async def reset(self, scope: str) -> bool:
-        self._cache = None
+        self.invalidate()
         return await reset_breaker(self.engine, scope)
 
 

@@ -16,8 +16,8 @@ Steering (for ``switchboard/auto`` only; explicit models run until a hard cap st
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
@@ -32,6 +32,7 @@ from service.costs import bound_output, budget_charge, worst_case_cost
 from service.errors import PaymentRequired, Unavailable
 from service.ledger import Principal
 from service.record import RequestRecord
+from service.refreshing import Refreshing
 from service.spend_breaker import SpendBreaker
 
 log = logging.getLogger("switchboard")
@@ -70,16 +71,16 @@ class SpendControl:
         self.leases = BudgetLeases(
             store.engine, settings.request_timeout_s, settings.upkeep_interval_s
         )
-        self._windows: dict[int, tuple[float, Window]] = {}
+        self._windows: dict[int, tuple[Budget, Refreshing[Window]]] = {}
 
     async def _window(self, budget: Budget) -> Window:
-        """The budget's current window, cached like the budget list."""
+        """The budget's current window, cached like the budget list (afresh when the budget's
+        settings change)."""
         cached = self._windows.get(budget.id)
-        if cached and cached[0] > time.monotonic():
-            return cached[1]
-        window = await self.store.window(budget)
-        self._windows[budget.id] = (time.monotonic() + self.settings.budget_refresh_s, window)
-        return window
+        if cached is None or cached[0] != budget:
+            window = Refreshing(partial(self.store.window, budget), self.settings.budget_refresh_s)
+            cached = self._windows[budget.id] = (budget, window)
+        return await cached[1].get()
 
     async def refuse_if_breaker_open(self, principal: Principal) -> None:
         """402 ``spend_spike`` while a breaker that rejects is open on the caller's tenant or
