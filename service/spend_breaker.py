@@ -122,8 +122,9 @@ class SpendBreaker:
         return created
 
     async def reset(self, scope: str) -> bool:
-        self.invalidate()
-        return await reset_breaker(self.engine, scope)
+        reset = await reset_breaker(self.engine, scope)
+        self.invalidate()  # after the write: a read meanwhile must not keep it open here
+        return reset
 
 
 async def reset_breaker(engine: AsyncEngine, scope: str) -> bool:
