@@ -184,7 +184,6 @@ class BudgetStore:
 
     def __init__(self, engine: AsyncEngine, refresh_s: float = 2.0):
         self.engine = engine
-        self.refresh_s = refresh_s
         self._budgets = Refreshing(self._read_all, refresh_s)
 
     # -- definitions --------------------------------------------------------------------------

@@ -152,7 +152,6 @@ def welch_less(a: list[float], b: list[float], margin: float) -> float | None:
 class ExperimentStore:
     def __init__(self, engine: AsyncEngine, refresh_s: float = 2.0):
         self.engine = engine
-        self.refresh_s = refresh_s
         self._running = Refreshing(self._read_running, refresh_s)
 
     async def running(self) -> Experiment | None:
