@@ -44,6 +44,7 @@ from service.budgets import (
     Window,
     period_window,
     unreserve,
+    window_row,
 )
 from service.ledger import insert_ignore, now
 from service.tables import budget_reservations, budget_windows
@@ -96,6 +97,16 @@ class Settlement:
     moved: dict[Lease, float] = field(default_factory=dict)
     lost: list[Lease] = field(default_factory=list)  # their rows were swept
     windows: list[Window] = field(default_factory=list)
+
+
+@dataclass
+class WindowCharge:
+    """What one settlement adds to one window (any of its leases stands for the window)."""
+
+    lease: Lease
+    charge_usd: float = 0.0
+    moved_usd: float = 0.0
+    calls: int = 0
 
 
 class LeaseLost(Exception):
@@ -162,38 +173,33 @@ class BudgetLeases:
         leases, then the windows by budget id. Pass the result to ``settled`` once the
         transaction commits."""
         settlement = Settlement([hold for hold, _ in charges])
-        spend: dict[tuple[int, datetime], list[float]] = {}  # [charge, moved, calls]
+        charged: dict[tuple[int, datetime], WindowCharge] = {}
         for hold, charge_usd in charges:
             for lease in hold.leases:
                 settlement.moved[lease] = settlement.moved.get(lease, 0.0) + min(
                     charge_usd, hold.amount_usd
                 )
-                entry = spend.setdefault((lease.budget.id, lease.start), [0.0, 0.0, 0])
-                entry[0] += charge_usd
-                entry[2] += 1
-        windows_of = {}
+                window = charged.setdefault((lease.budget.id, lease.start), WindowCharge(lease))
+                window.charge_usd += charge_usd
+                window.calls += 1
         for lease in sorted(settlement.moved, key=lambda held: (held.budget.id, held.id)):
             moved = settlement.moved[lease]
             if not await _shrink(conn, lease, moved):
                 # swept: its room is back in the window; the spend still counts
                 settlement.moved[lease] = moved = 0.0
                 settlement.lost.append(lease)
-            spend[(lease.budget.id, lease.start)][1] += moved
-            windows_of[(lease.budget.id, lease.start)] = lease
-        for key in sorted(spend):
-            charge_usd, moved, calls = spend[key]
-            lease = windows_of[key]
+            charged[(lease.budget.id, lease.start)].moved_usd += moved
+        for key in sorted(charged):
+            window = charged[key]
+            lease = window.lease
             row = (
                 await conn.execute(
                     budget_windows.update()
-                    .where(
-                        (budget_windows.c.budget_id == lease.budget.id)
-                        & (budget_windows.c.period_start == lease.start)
-                    )
+                    .where(window_row(lease.budget.id, lease.start))
                     .values(
-                        reserved_usd=budget_windows.c.reserved_usd - moved,
-                        spent_usd=budget_windows.c.spent_usd + charge_usd,
-                        requests=budget_windows.c.requests + calls,
+                        reserved_usd=budget_windows.c.reserved_usd - window.moved_usd,
+                        spent_usd=budget_windows.c.spent_usd + window.charge_usd,
+                        requests=budget_windows.c.requests + window.calls,
                     )
                     .returning(
                         budget_windows.c.spent_usd,
@@ -328,9 +334,7 @@ class BudgetLeases:
         lease's calls in flight hold) to the window's reserved room, but at most ``LEASE_SHARE``
         of what remains and at least ``need``; BudgetExceeded if ``need`` does not fit."""
         budget = lease.budget
-        this = (budget_windows.c.budget_id == budget.id) & (
-            budget_windows.c.period_start == lease.start
-        )
+        this = window_row(budget.id, lease.start)
         row = (await conn.execute(budget_windows.select().where(this))).one()
         remaining = budget.limit_usd - row.spent_usd - row.reserved_usd
         want = min(max(LEASE_HOLDS * amount_usd, 2 * lease.pending_usd), LEASE_SHARE * remaining)

@@ -277,12 +277,7 @@ class BudgetStore:
         start, resets_at = period_window(budget.period, at or now())
         async with self.engine.connect() as conn:
             row = (
-                await conn.execute(
-                    budget_windows.select().where(
-                        (budget_windows.c.budget_id == budget.id)
-                        & (budget_windows.c.period_start == start)
-                    )
-                )
+                await conn.execute(budget_windows.select().where(window_row(budget.id, start)))
             ).first()
         window = Window(budget, start, resets_at)
         if row is not None:
@@ -315,6 +310,11 @@ class BudgetStore:
         return count
 
 
+def window_row(budget_id: int, start: datetime) -> Any:
+    """The condition selecting one budget's window row."""
+    return (budget_windows.c.budget_id == budget_id) & (budget_windows.c.period_start == start)
+
+
 async def unreserve(conn: AsyncConnection, released: dict[tuple[int, datetime], float]) -> None:
     """Give room held on windows, keyed (budget id, period start), back; in budget order, the
     order every transaction locks windows in."""
@@ -322,9 +322,6 @@ async def unreserve(conn: AsyncConnection, released: dict[tuple[int, datetime], 
         if amount > EPSILON_USD:
             await conn.execute(
                 budget_windows.update()
-                .where(
-                    (budget_windows.c.budget_id == budget_id)
-                    & (budget_windows.c.period_start == start)
-                )
+                .where(window_row(budget_id, start))
                 .values(reserved_usd=budget_windows.c.reserved_usd - amount)
             )
