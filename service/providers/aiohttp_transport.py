@@ -3,9 +3,9 @@ speak) over aiohttp's connection pool.
 
 httpx's own pool looks at every pooled connection for each request (is it expired, is its
 socket readable?), so its cost grows with concurrency: profiled at 64 concurrent requests
-(py-spy, docs/BENCHMARKS.md) it took a quarter of the service's samples. aiohttp hands out an
-idle connection without that scan. Errors come back as the httpx exceptions the providers
-classify: timeouts as ``httpx.TimeoutException``, everything else on the wire as
+(py-spy, the recipe in DEVELOPERS.md) it took a quarter of the service's samples. aiohttp
+hands out an idle connection without that scan. Errors come back as the httpx exceptions the
+providers classify: timeouts as ``httpx.TimeoutException``, everything else on the wire as
 ``httpx.TransportError``.
 """
 
