@@ -80,6 +80,25 @@ class ModelInfo:
     context_length: int | None = None
     typical_output_tokens: int | None = None
     cached_prompt_usd_per_token: float | None = None  # cache reads; None: the prompt price
+    # the most any price tier, cache write or reasoning charge of the listing asks per token
+    # (what a budget's worst case counts); None: the prompt and completion prices
+    peak_prompt_usd_per_token: float | None = None
+    peak_completion_usd_per_token: float | None = None
+    max_output_tokens: int | None = None  # the longest answer the upstream serves
+    image_usd: float = 0.0  # per input image, on top of its tokens
+
+    def worst_case_usd(
+        self, input_tokens: float, output_tokens: float, media_parts: int = 0
+    ) -> float | None:
+        """The most a call with these token counts (and image or audio parts) can be charged,
+        every price tier at its peak."""
+        if not self.priced:
+            return None
+        assert self.prompt_usd_per_token is not None and self.completion_usd_per_token is not None
+        prompt = max(self.prompt_usd_per_token, self.peak_prompt_usd_per_token or 0.0)
+        completion = max(self.completion_usd_per_token, self.peak_completion_usd_per_token or 0.0)
+        media = media_parts * self.image_usd
+        return input_tokens * prompt + output_tokens * completion + self.request_usd + media
 
     @property
     def priced(self) -> bool:
@@ -116,6 +135,17 @@ def _price(value: Any) -> float | None:
     return None if price < 0 else price
 
 
+def _peak(pricing: dict[str, Any], names: tuple[str, ...]) -> float | None:
+    """The highest of these per-token prices, over the base tier and every override tier."""
+    tiers = [pricing, *[t for t in pricing.get("overrides") or [] if isinstance(t, dict)]]
+    found = [p for tier in tiers for name in names if (p := _price(tier.get(name))) is not None]
+    return max(found) if found else None
+
+
+PEAK_PROMPT = ("prompt", "input_cache_write", "input_cache_write_1h")
+PEAK_COMPLETION = ("completion", "internal_reasoning")
+
+
 def parse_openrouter_models(payload: dict[str, Any], seen_at: str) -> dict[str, ModelInfo]:
     """Parse an OpenRouter ``/api/v1/models`` response into catalog entries (variants skipped).
 
@@ -135,6 +165,10 @@ def parse_openrouter_models(payload: dict[str, Any], seen_at: str) -> dict[str, 
             completion_usd_per_token=_price(pricing.get("completion")),
             request_usd=_price(pricing.get("request")) or 0.0,
             cached_prompt_usd_per_token=_price(pricing.get("input_cache_read")),
+            peak_prompt_usd_per_token=_peak(pricing, PEAK_PROMPT),
+            peak_completion_usd_per_token=_peak(pricing, PEAK_COMPLETION),
+            max_output_tokens=(item.get("top_provider") or {}).get("max_completion_tokens"),
+            image_usd=_peak(pricing, ("image",)) or 0.0,
             price_source=f"openrouter /api/v1/models {seen_at}",
             price_seen_at=seen_at,
             context_length=item.get("context_length"),
@@ -176,7 +210,10 @@ class Catalog:
                 continue
             if not fresh.priced and old.priced:
                 continue
-            prices = ("prompt_usd_per_token", "completion_usd_per_token", "request_usd")
+            prices = (
+                *("prompt_usd_per_token", "completion_usd_per_token", "request_usd"),
+                *("peak_prompt_usd_per_token", "peak_completion_usd_per_token"),
+            )
             if any(getattr(old, p) != getattr(fresh, p) for p in prices):
                 report["repriced"].append(model_id)
             else:

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     app_title: str = "switchboard"
 
     admin_key: SecretStr | None = None
-    auth_disabled: bool = False  # local use only: refused unless bound to a loopback address
+    auth_disabled: bool = False  # loopback callers need no key; others still do
     store_content: bool = False  # keep prompts and answers in the ledger
 
     router_dir: Path = REPO_ROOT / "models" / "router"
@@ -114,6 +114,11 @@ class Settings(BaseSettings):
         if self.upstream is None:
             self.upstream = "openrouter" if self.openrouter_api_key else "replay"
         return self
+
+    def provider_secrets(self) -> list[str]:
+        """Every secret this process sends upstream (what redaction masks)."""
+        keys = (self.openrouter_api_key, self.openai_api_key, self.anthropic_api_key)
+        return [key.get_secret_value() for key in (*keys, self.gemini_api_key) if key is not None]
 
     @property
     def async_database_url(self) -> str:

@@ -1,14 +1,23 @@
 """Pre-call cost bounds and budget charges.
 
-A budget reserves the worst case before the upstream call, so the bound must not undercount:
+A budget reserves the worst case before the upstream call, so the bound must not undercount,
+whatever the request body carries:
 
 - prompt tokens: byte-level BPE and SentencePiece-with-byte-fallback tokenizers never make more
-  tokens than the text has UTF-8 bytes, so the bytes of every text part (message contents, tool
-  calls, tool definitions, response format) plus a per-message allowance for the chat template
-  bound the count; each image or audio part counts ``MEDIA_TOKENS``.
-- completion tokens: the request's ``max_completion_tokens`` or ``max_tokens``, else
-  ``budget_max_output_tokens``, which the gateway then sends as ``max_tokens`` so that the bound
-  holds.
+  tokens than the text has UTF-8 bytes. The bound counts the bytes of the whole body as it is
+  forwarded (every field, known to switchboard or not: messages, tools, response format,
+  predictions, anything an upstream might read) plus a per-message allowance for the chat
+  template; each image, audio or file part counts ``MEDIA_TOKENS`` instead of its bytes (and
+  the model's per-image price, if it has one).
+- completion tokens: the largest of the token limits the body gives that an upstream honours
+  (``max_tokens``, ``max_completion_tokens``: a body with both may be served under either), plus
+  a reasoning budget (``reasoning.max_tokens``), times ``n`` answers. Without a limit the
+  gateway sends ``budget_max_output_tokens`` as ``max_tokens`` (``bound_output``), so the bound
+  holds; a body that reaches a hold without one is bounded by the model's longest answer.
+- prices: the highest per-token price any tier, cache write or reasoning charge of the model's
+  listing asks (``ModelInfo.worst_case_usd``), plus its per-request price.
+- fields whose charges no token price bounds (``UNBOUNDED_COST_FIELDS``: OpenRouter's plugins
+  such as web search, ``web_search_options``) are refused when a budget applies.
 
 The router's own cost cap uses the expected cost instead (service.routing.decision).
 """
@@ -23,46 +32,78 @@ from service.config import Settings
 
 MESSAGE_TOKENS = 16  # role markers and separators of a chat template, per message
 MEDIA_TOKENS = 2_000  # an image or audio part (high-detail images cost up to about 1,600)
+OUTPUT_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
+UNBOUNDED_COST_FIELDS = ("plugins", "web_search_options")
+TEXT_PART_TYPES = (None, "text", "input_text")
 
 
-def _bytes(value: Any) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, str):
-        return len(value.encode())
-    return len(json.dumps(value, ensure_ascii=False).encode())
+def _count(value: Any) -> int:
+    """A positive integer field's value, else 0 (validation refuses the rest at the edge)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return 0
+
+
+def _without_media(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The body with every non-text content part left out, and how many there were."""
+    media = 0
+    messages = []
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            kept = []
+            for part in content:
+                if isinstance(part, dict) and part.get("type") not in TEXT_PART_TYPES:
+                    media += 1
+                else:
+                    kept.append(part)
+            message = {**message, "content": kept}
+        messages.append(message)
+    return {**body, "messages": messages}, media
+
+
+def _prompt_bound(body: dict[str, Any]) -> tuple[int, int]:
+    """(the prompt token bound, the number of media parts)."""
+    text, media = _without_media(body)
+    size = len(json.dumps(text, ensure_ascii=False).encode())
+    return size + MESSAGE_TOKENS * (len(text["messages"]) + 1) + MEDIA_TOKENS * media, media
 
 
 def prompt_token_bound(body: dict[str, Any]) -> int:
     """An upper bound on the prompt tokens of an OpenAI chat body, counted offline."""
-    total = MESSAGE_TOKENS + _bytes(body.get("tools")) + _bytes(body.get("response_format"))
-    for message in body.get("messages") or []:
-        total += MESSAGE_TOKENS + _bytes(message.get("name")) + _bytes(message.get("tool_calls"))
-        content = message.get("content")
-        if isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and part.get("type") in (None, "text"):
-                    total += _bytes(part.get("text"))
-                else:
-                    total += MEDIA_TOKENS
-        else:
-            total += _bytes(content)
-    return total
+    return _prompt_bound(body)[0]
 
 
-def output_token_bound(body: dict[str, Any], settings: Settings) -> int:
-    return int(
-        body.get("max_completion_tokens")
-        or body.get("max_tokens")
-        or settings.budget_max_output_tokens
-    )
+def answer_token_limit(body: dict[str, Any]) -> int | None:
+    """The largest per-answer token limit the body gives an upstream, or None."""
+    limits = [_count(body.get(name)) for name in OUTPUT_LIMIT_FIELDS]
+    return max(limits) or None
+
+
+def output_token_bound(
+    body: dict[str, Any], settings: Settings, info: ModelInfo | None = None
+) -> int:
+    """An upper bound on the completion tokens the upstream may bill for this body."""
+    per_answer = answer_token_limit(body)
+    if per_answer is None:  # not bounded by the gateway: the model's longest answer
+        longest = (info.max_output_tokens or info.context_length) if info else None
+        per_answer = max(longest or 0, settings.budget_max_output_tokens)
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict):
+        per_answer += _count(reasoning.get("max_tokens"))
+    return per_answer * max(1, _count(body.get("n")))
 
 
 def bound_output(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The body with ``max_tokens`` set when it has no output limit of its own."""
-    if body.get("max_completion_tokens") or body.get("max_tokens"):
+    if answer_token_limit(body) is not None:
         return body
     return {**body, "max_tokens": settings.budget_max_output_tokens}
+
+
+def unbounded_cost_fields(body: dict[str, Any]) -> list[str]:
+    """The fields of ``body`` that make the upstream charge beyond any token price."""
+    return [name for name in UNBOUNDED_COST_FIELDS if body.get(name)]
 
 
 def unpriced_fallback(settings: Settings) -> tuple[float, float] | None:
@@ -74,9 +115,10 @@ def unpriced_fallback(settings: Settings) -> tuple[float, float] | None:
 
 def worst_case_cost(info: ModelInfo | None, body: dict[str, Any], settings: Settings) -> float:
     """The most this call can cost; raises LookupError for an unpriced model under "block"."""
-    prompt_tokens, output_tokens = prompt_token_bound(body), output_token_bound(body, settings)
+    prompt_tokens, media = _prompt_bound(body)
+    output_tokens = output_token_bound(body, settings, info)
     if info is not None and info.priced:
-        cost = info.cost_usd(prompt_tokens, output_tokens)
+        cost = info.worst_case_usd(prompt_tokens, output_tokens, media)
         assert cost is not None
         return cost
     fallback = unpriced_fallback(settings)

@@ -19,9 +19,26 @@ The hierarchy maps one-to-one to HTTP statuses and stable ``code`` strings:
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from urllib.parse import quote
 
 from fastapi.responses import JSONResponse
+
+_HEADER_UNSAFE = re.compile(r"[^\x20-\x7e]")
+
+
+def header_value(text: str) -> str:
+    """``text`` as an HTTP header value: printable ASCII as it is, anything else (non-ASCII
+    tenant names, line breaks) percent-encoded as UTF-8 (RFC 3986), so that no value can
+    break the response or split it."""
+    if _HEADER_UNSAFE.search(text) is None:
+        return text
+    return quote(text, safe=" !\"#$&'()*+,/:;<=>?@[]^`{|}~")
+
+
+def header_values(headers: dict[str, str]) -> dict[str, str]:
+    return {name: header_value(value) for name, value in headers.items()}
 
 
 class APIError(Exception):
@@ -60,7 +77,7 @@ class APIError(Exception):
         merged = {**(headers or {}), **self.headers}
         if self.retry_after_s is not None:
             merged["Retry-After"] = str(max(1, round(self.retry_after_s)))
-        return JSONResponse(self.body(), status_code=self.status, headers=merged)
+        return JSONResponse(self.body(), status_code=self.status, headers=header_values(merged))
 
 
 class InvalidRequest(APIError):

@@ -225,7 +225,8 @@ class Gateway:
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
         if request.auto:
             context = context or RouteContext()
-            context.max_output_tokens = request.max_completion_tokens or request.max_tokens
+            limits = (request.max_completion_tokens or 0, request.max_tokens or 0)
+            context.max_output_tokens = max(limits) or None
             return Plan(self.route(messages, controls, record, context), auto=True)
         if request.model == AUTO_MODEL:
             raise InvalidRequest(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -23,8 +23,21 @@ from service.tables import api_keys, feedback, requests, tenants
 
 KEY_PREFIX = "sb-"
 AUTH_CACHE_SECONDS = 30.0
+REVOCATION_POLL_S = 0.5  # how often each process looks for revoked keys (refused within ~1 s)
+REVOCATION_LOOKBACK = timedelta(minutes=2)  # revocations re-read: covers replicas' clock skew
 AUTH_CACHE_ENTRIES = 10_000  # wrong keys are cached too: a flood of them must not grow memory
 SQLITE_READONLY = 8  # the primary result code of "attempt to write a readonly database"
+
+
+def tenant_name(name: str) -> str:
+    """The tenant name, stripped; ValueError unless it is 1 to 200 printable characters (it
+    appears in headers, budget scopes and alerts)."""
+    name = name.strip()
+    if not 1 <= len(name) <= 200:
+        raise ValueError("a tenant name needs 1 to 200 characters")
+    if not name.isprintable():
+        raise ValueError("a tenant name cannot hold control characters (line breaks, tabs, NUL)")
+    return name
 
 
 def hash_key(key: str) -> str:
@@ -84,6 +97,7 @@ class Ledger:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
         self._auth_cache: dict[str, Refreshing[Principal | None]] = {}
+        self._revoked_seen: set[str] = set()  # digests already dropped from the cache
 
     @classmethod
     def connect(cls, async_url: str) -> Ledger:
@@ -120,7 +134,7 @@ class Ledger:
 
     async def create_key(self, tenant: str) -> tuple[str, int]:
         """A new API key for ``tenant`` (created if new) and its id; only its hash is stored."""
-        tenant_id = await self.ensure_tenant(tenant)
+        tenant_id = await self.ensure_tenant(tenant_name(tenant))
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         async with self.engine.begin() as conn:
             result = await conn.execute(
@@ -146,6 +160,61 @@ class Ledger:
             cached = Refreshing(partial(self._read_principal, digest), AUTH_CACHE_SECONDS)
             self._auth_cache[digest] = cached
         return await cached.get()
+
+    async def list_keys(self) -> list[dict[str, Any]]:
+        """Every API key: id, tenant, prefix, created_at, revoked_at (never the key)."""
+        query = (
+            sa.select(
+                api_keys.c.id,
+                tenants.c.name.label("tenant"),
+                api_keys.c.key_prefix.label("prefix"),
+                api_keys.c.created_at,
+                api_keys.c.revoked_at,
+            )
+            .join(tenants, tenants.c.id == api_keys.c.tenant_id)
+            .order_by(api_keys.c.id)
+        )
+        async with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in await conn.execute(query)]
+
+    async def revoke_key(self, key_or_id: str | int) -> dict[str, Any] | None:
+        """Revoke a key given as the key itself or its id (already revoked: left as it was);
+        its row, or None if there is no such key. Every process refuses it within about
+        ``2 * REVOCATION_POLL_S`` (``poll_revocations``); this one at once."""
+        if isinstance(key_or_id, int):
+            which = api_keys.c.id == key_or_id
+        else:
+            which = api_keys.c.key_hash == hash_key(key_or_id)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                api_keys.update()
+                .where(which, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now())
+            )
+            found = (
+                await conn.execute(sa.select(api_keys.c.id, api_keys.c.key_hash).where(which))
+            ).first()
+        if found is None:
+            return None
+        self._forget(found.key_hash)
+        return next(k for k in await self.list_keys() if k["id"] == found.id)
+
+    async def poll_revocations(self) -> int:
+        """Drop recently revoked keys from this process's cache; how many were dropped."""
+        since = now() - REVOCATION_LOOKBACK
+        query = sa.select(api_keys.c.key_hash).where(api_keys.c.revoked_at >= since)
+        async with self.engine.connect() as conn:
+            digests = set((await conn.scalars(query)).all())
+        fresh = digests - self._revoked_seen
+        for digest in fresh:
+            self._forget(digest)
+        self._revoked_seen = digests
+        return len(fresh)
+
+    def _forget(self, digest: str) -> None:
+        cached = self._auth_cache.pop(digest, None)
+        if cached is not None:
+            cached.invalidate()  # a read in flight must not put the key back
 
     async def _read_principal(self, digest: str) -> Principal | None:
         query = (

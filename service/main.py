@@ -30,6 +30,7 @@ from service.api import (
     records,
     routing,
 )
+from service.api.text_rules import RejectUnstorableURLs
 from service.auth import ADMIN_TENANT, LOCAL_TENANT
 from service.budgets import BudgetStore
 from service.catalog import Catalog
@@ -37,12 +38,13 @@ from service.config import Settings
 from service.errors import APIError, InvalidRequest, NotFound, PayloadTooLarge
 from service.experiments import ExperimentStore
 from service.gateway import Gateway
-from service.ledger import Ledger, Principal
+from service.ledger import REVOCATION_POLL_S, Ledger, Principal
 from service.metrics import Metrics
 from service.pacing import Pacer
 from service.providers.aiohttp_transport import AiohttpTransport
 from service.providers.base import Provider
 from service.providers.openai_compat import openai_direct, openrouter
+from service.providers.redaction import redacting
 from service.providers.replay import ReplayProvider
 from service.providers.resilience import KeyRateLimit
 from service.recorder import Recorder
@@ -54,7 +56,8 @@ log = logging.getLogger("switchboard")
 
 
 def build_providers(settings: Settings, client: httpx.AsyncClient) -> list[Provider]:
-    """The configured upstreams, direct provider APIs before OpenRouter."""
+    """The configured upstreams, direct provider APIs before OpenRouter, each behind the
+    redactor of every provider key (service.providers.redaction)."""
     if settings.upstream == "replay":
         return [ReplayProvider.from_outcomes(settings.replay_outcomes_path)]
     providers: list[Provider] = []
@@ -82,7 +85,7 @@ def build_providers(settings: Settings, client: httpx.AsyncClient) -> list[Provi
         raise RuntimeError(
             "SWITCHBOARD_UPSTREAM=openrouter needs OPENROUTER_API_KEY (or a direct provider key)"
         )
-    return providers
+    return redacting(providers, settings.provider_secrets())
 
 
 class BodySizeLimit:
@@ -146,6 +149,17 @@ async def maintain(state: Any) -> None:
             await reload_router(state)
         except Exception:  # upkeep must outlive a database hiccup
             log.exception("upkeep failed")
+
+
+async def watch_revocations(ledger: Ledger) -> None:
+    """Refuse revoked keys within about a second in every replica (the key cache would keep
+    them for AUTH_CACHE_SECONDS)."""
+    while True:
+        await asyncio.sleep(REVOCATION_POLL_S)
+        try:
+            await ledger.poll_revocations()
+        except Exception as error:  # keep watching through a database hiccup
+            log.warning("looking for revoked keys failed: %s", error)
 
 
 async def give_back_leases(state: Any) -> None:
@@ -214,6 +228,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         state.router_version = router.version
         upkeep = asyncio.create_task(maintain(state))
+        revocations = asyncio.create_task(watch_revocations(ledger))
         local_id = await ledger.ensure_tenant(LOCAL_TENANT)
         admin_id = await ledger.ensure_tenant(ADMIN_TENANT)
         state.local_principal = Principal(local_id, LOCAL_TENANT, None)
@@ -227,6 +242,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             state.shutting_down = True
             upkeep.cancel()
+            revocations.cancel()
             await state.recorder.drain()
             await give_back_leases(state)
             await state.alerts.drain()
@@ -261,6 +277,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return APIError("internal error; the request was not completed").response()
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RejectUnstorableURLs)
     return app
 
 

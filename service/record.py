@@ -10,6 +10,7 @@ from typing import Any
 
 from service.budget_leases import Hold
 from service.catalog import Catalog
+from service.errors import header_values
 from service.ledger import Principal, now
 from service.providers.base import Usage
 from service.tokens import estimate_tokens
@@ -144,6 +145,7 @@ class RequestRecord:
             "reserved_usd": self.hold.amount_usd if self.hold else None,
             "charged_usd": self.charged_usd,
             "spend_control": self.spend_control,
+            "dropped_fields": None,
         }
 
     def headers(self) -> dict[str, str]:
@@ -168,7 +170,7 @@ class RequestRecord:
         headers["x-switchboard-overhead-ms"] = (
             f"{max(0.0, self.elapsed_ms() - self.upstream_ms):.2f}"
         )
-        return headers
+        return header_values(headers)
 
     def metadata(self) -> dict[str, Any]:
         """Routing metadata for the response body (and the final stream chunk)."""
@@ -184,4 +186,5 @@ class RequestRecord:
             "cost_usd": self.cost_usd,
             "usage_estimated": self.usage_estimated,
             "spend_control": self.spend_control,
+            "dropped_fields": None,
         }

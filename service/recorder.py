@@ -3,8 +3,11 @@
 Rows are not written on the response path: a request hands its finished record to the queue and
 answers; one writer task per process inserts whatever has queued as one batch, in one
 transaction that also settles the batch's budget holds, so under load the ledger costs one
-commit per batch instead of one per request. A failed batch is retried row by row (one bad row
-cannot lose the others), then again with backoff, for as long as the database is down. Reads
+commit per batch instead of one per request. A failed batch is retried row by row. A row the
+database refuses for what it holds (a NUL in a text, a string longer than its column) is
+written at once without the offending fields, named in its ``dropped_fields`` (all its free
+text if the offender cannot be found), so one bad row never holds up the rows after it. Rows
+that fail because the database is away are retried with backoff for as long as it is. Reads
 that must see a caller's own requests (``/v1/requests``, feedback, analytics) ``flush`` first;
 shutdown drains the queue before the process exits.
 """
@@ -12,9 +15,13 @@ shutdown drains the queue before the process exits.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from service.budgets import Window
 from service.ledger import Ledger
@@ -27,6 +34,44 @@ log = logging.getLogger("switchboard")
 MAX_BATCH = 500
 DRAIN_TIMEOUT_S = 20.0
 RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 2.0, 5.0)
+
+
+def database_away(error: BaseException) -> bool:
+    """Whether a failed write may succeed unchanged later (connection lost, locked, read-only)
+    rather than being refused for what the row holds."""
+    if isinstance(error, (OperationalError, InterfaceError, OSError)):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+def _kind(error: BaseException) -> str:
+    """The error's type, not its text: a refused statement's text quotes the row's content."""
+    return type(getattr(error, "orig", None) or error).__name__
+
+
+def _unstorable(value: Any, column: sa.Column[Any]) -> bool:
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, ensure_ascii=False)
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return True
+    length = getattr(column.type, "length", None)
+    return "\x00" in value or (length is not None and len(value) > length)
+
+
+def storable_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The row without the fields the database cannot store, named in ``dropped_fields``; when
+    none can be found, without every nullable text field."""
+    nullable = [c for c in requests.columns if c.nullable and c.name != "dropped_fields"]
+    dropped = [c.name for c in nullable if _unstorable(row.get(c.name), c)]
+    if not dropped:
+        texts = (sa.String, sa.Text, sa.JSON)
+        dropped = [c.name for c in nullable if isinstance(c.type, texts) and row.get(c.name)]
+    kept = {**row, **dict.fromkeys(dropped), "dropped_fields": ",".join(dropped)[:300]}
+    return kept
 
 
 class Recorder:
@@ -86,8 +131,11 @@ class Recorder:
                 failed, error = [], None
                 for record in batch:
                     try:
-                        windows += await self._insert([record])
+                        windows += await self._insert_one(record)
                     except Exception as exc:
+                        if not database_away(exc):  # refused even without its free text
+                            log.error("gave up recording request %s (%s)", record.id, _kind(exc))
+                            continue
                         failed.append(record)
                         error = exc
                 batch = failed
@@ -111,8 +159,26 @@ class Recorder:
             except Exception:
                 log.exception("budget alerts for a batch of %d requests failed", len(windows))
 
-    async def _insert(self, batch: list[RequestRecord]) -> list[Window]:
-        rows: list[dict[str, Any]] = [record.row() for record in batch]
+    async def _insert_one(self, record: RequestRecord) -> list[Window]:
+        """One row; refused for what it holds, it is written without the offending fields."""
+        try:
+            return await self._insert([record])
+        except Exception as error:
+            if database_away(error):
+                raise
+            row = storable_row(record.row())
+            log.error(
+                "request %s: the ledger refused its row (%s); recorded without %s",
+                record.id,
+                _kind(error),
+                row["dropped_fields"],
+            )
+            return await self._insert([record], [row])
+
+    async def _insert(
+        self, batch: list[RequestRecord], rows: list[dict[str, Any]] | None = None
+    ) -> list[Window]:
+        rows = rows if rows is not None else [record.row() for record in batch]
         async with self.ledger.engine.begin() as conn:
             await conn.execute(requests.insert(), rows)
             settlement = await self.spend.settle(conn, batch)

@@ -28,8 +28,8 @@ from service.budget_leases import BudgetLeases, Hold, Settlement
 from service.budgets import Budget, BudgetExceeded, BudgetStore, Window, utc
 from service.catalog import Catalog
 from service.config import Settings
-from service.costs import bound_output, budget_charge, worst_case_cost
-from service.errors import PaymentRequired, Unavailable
+from service.costs import bound_output, budget_charge, unbounded_cost_fields, worst_case_cost
+from service.errors import InvalidRequest, PaymentRequired, Unavailable
 from service.ledger import Principal
 from service.record import RequestRecord
 from service.refreshing import Refreshing
@@ -139,6 +139,14 @@ class SpendControl:
         applicable = await self.applicable(record.principal, model)
         if not applicable:
             return None
+        unbounded = unbounded_cost_fields(body)
+        if unbounded:
+            raise InvalidRequest(
+                f"{', '.join(unbounded)}: the upstream charges for these beyond any token price, "
+                "so a budget cannot bound the request's cost; send it without them",
+                param=unbounded[0],
+                code="unbounded_cost",
+            )
         info = self.catalog.get(model) if model in self.catalog else None
         try:
             amount = worst_case_cost(info, body, self.settings)

@@ -70,6 +70,8 @@ requests = sa.Table(
     sa.Column("reserved_usd", DOUBLE, nullable=True),  # budget hold of the served attempt
     sa.Column("charged_usd", DOUBLE, nullable=True),  # what budgets were charged
     sa.Column("spend_control", sa.String(300), nullable=True),  # soft landing, pacing, spike
+    # fields left out because the database could not store them (service.recorder)
+    sa.Column("dropped_fields", sa.String(300), nullable=True),
 )
 
 feedback = sa.Table(

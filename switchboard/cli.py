@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
+from switchboard.cli_support import fail
+from switchboard.keys_cli import keys_app
 from switchboard.loop_cli import (
     eval_logged,
     experiment_app,
@@ -24,7 +26,6 @@ from switchboard.spend_cli import breaker_app, budget_app, models_app, reconcile
 app = typer.Typer(help="switchboard: a learned LLM router.", no_args_is_help=True)
 data_app = typer.Typer(help="The routing-outcomes dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-keys_app = typer.Typer(help="Tenants' API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 db_app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -39,12 +40,6 @@ app.command("rollback")(rollback_command)
 app.command("judge")(judge_command)
 app.command("soak")(soak_command)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def fail(message: str) -> None:
-    """Print a one-line error and exit 2: bad input never ends in a traceback."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -120,38 +115,6 @@ def fake_upstream(
 
     typer.echo(f"fake upstream on http://{host}:{port}/api/v1 (faults: /_control/faults)", err=True)
     serve(host, port, catalog_prices() if priced else None, log_level="warning")
-
-
-@keys_app.command("create")
-def keys_create(
-    tenant: Annotated[str, typer.Option(help="Tenant name (created if new).")],
-) -> None:
-    """Create an API key for a tenant; the key alone is printed on the last line."""
-    import asyncio
-
-    from service.config import Settings
-    from service.ledger import Ledger
-    from service.migrate import upgrade
-
-    if not tenant.strip() or len(tenant) > 200:
-        fail("--tenant needs a name of 1 to 200 characters")
-    settings = Settings()
-    upgrade(settings.database_url)
-
-    async def create() -> tuple[str, int]:
-        ledger = Ledger.connect(settings.async_database_url)
-        try:
-            return await ledger.create_key(tenant.strip())
-        finally:
-            await ledger.close()
-
-    key, key_id = asyncio.run(create())
-    typer.echo(
-        f"created key {key_id} for tenant {tenant.strip()!r} (budget scope key:{key_id}); "
-        "it is shown once:",
-        err=True,
-    )
-    typer.echo(key)
 
 
 @db_app.command("upgrade")

@@ -19,8 +19,11 @@ answer, or for the part streamed before a cut), ``DELETE`` clears it. Fault kind
 ``latency_ms``, default 30 s and 1 s, then answer); ``reset`` (TCP RST instead of any response);
 ``malformed`` (200 whose body, or SSE data, is not JSON); for streams only, ``cut_stream`` (two
 content chunks, then the connection closes mid-body) and ``error_in_stream`` (one chunk, then an
-``error`` event, then the end). ``none`` only adds ``latency_ms``. Per request, every matching
-``none`` rule adds its latency and the first other matching rule (registration order) fires;
+``error`` event, then the end); ``echo_key`` (an upstream that quotes the credentials it was
+sent: a 502 whose message carries the request's ``Authorization`` value, or, streamed, one chunk
+and then an ``error`` event carrying it, written in two pieces split inside the key). ``none``
+only adds ``latency_ms``. Per request, every matching ``none`` rule adds its latency and the
+first other matching rule (registration order) fires;
 each counts its ``times`` down. Non-streamed requests skip (do not use up) stream-only rules.
 Waits end early when the client disconnects.
 
@@ -57,7 +60,7 @@ Prices = dict[str, tuple[float, float]]
 PROVIDER = "FakeProvider"
 FAULT_KINDS = (
     *("none", "429", "500", "502", "503", "timeout", "slow_first_byte", "reset", "malformed"),
-    *("cut_stream", "error_in_stream"),
+    *("cut_stream", "error_in_stream", "echo_key"),
 )
 STREAM_ONLY = ("cut_stream", "error_in_stream")
 DEFAULT_LATENCY_MS = {"timeout": 30_000, "slow_first_byte": 1_000}
@@ -368,19 +371,26 @@ async def _chat(request: Request) -> ASGIApp:
     if fault and kind.isdigit():
         retry = None if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
         return _error(int(kind), MESSAGES[int(kind)], retry)
+    credentials = request.headers.get("authorization", "")
+    if kind == "echo_key" and not stream:
+        return _error(502, f"the provider refused the request sent with {credentials}")
     gen_id = state.next_generation_id()
     answer = _answer(body, model, gen_id, state.prices)
     with state.lock:
         entry["billed_usd"] = _billed(answer, model, state.prices, kind)
     if stream:
-        return _stream(body, model, gen_id, answer, kind)
+        return _stream(body, model, gen_id, answer, kind, credentials)
     if kind == "malformed":
         return Response(_broken(gen_id), media_type="application/json")
     completion = _completion(model, gen_id, answer)
     return JSONResponse(completion, headers={"X-Generation-Id": gen_id})
 
 
-STREAMED_BEFORE_FAILURE = {"cut_stream": 2, "error_in_stream": 1}  # content chunks sent
+STREAMED_BEFORE_FAILURE = {
+    "cut_stream": 2,
+    "error_in_stream": 1,
+    "echo_key": 1,
+}  # content chunks sent
 
 
 def _billed(answer: _Answer, model: str, prices: Prices | None, kind: str) -> float | None:
@@ -400,7 +410,9 @@ def _broken(gen_id: str) -> bytes:
     return b'{"id": "' + gen_id.encode() + b'", "choices": [{"message": {"content'
 
 
-def _stream(body: dict[str, Any], model: str, gen_id: str, answer: _Answer, kind: str) -> ASGIApp:
+def _stream(
+    body: dict[str, Any], model: str, gen_id: str, answer: _Answer, kind: str, credentials: str
+) -> ASGIApp:
     head = _head(model, gen_id, "chat.completion.chunk")
     content = _content_events(head, answer)
     if kind == "malformed":
@@ -411,6 +423,11 @@ def _stream(body: dict[str, Any], model: str, gen_id: str, answer: _Answer, kind
         error = {"code": 502, "message": MESSAGES[502], "metadata": {"provider_name": PROVIDER}}
         failed = head | {"error": error, "choices": [_choice("error", delta={"content": ""})]}
         return _EventStream([PROCESSING, *content[:1], _data(failed)], gen_id)
+    if kind == "echo_key":
+        message = f"the provider refused the request sent with {credentials}"
+        echoed = _data(head | {"error": {"code": 502, "message": message}})
+        split = echoed.index(credentials.encode()) + len(credentials) // 2
+        return _EventStream([PROCESSING, *content[:1], echoed[:split], echoed[split:]], gen_id)
     finish = _choice(answer.finish, delta={"role": "assistant", "content": ""})
     events = [PROCESSING, *content, _data(head | {"choices": [finish]})]
     options = body.get("stream_options")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -13,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from switchboard.cli_support import fail, with_ledger
+
 if TYPE_CHECKING:
     from service.experiments import ExperimentStore
 
@@ -20,28 +21,10 @@ T = TypeVar("T")
 experiment_app = typer.Typer(help="Online A/B experiments between routers.", no_args_is_help=True)
 
 
-def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
 def on_experiments(work: Callable[[ExperimentStore], Awaitable[T]]) -> T:
-    from service.config import Settings
     from service.experiments import ExperimentStore
-    from service.ledger import Ledger
-    from service.migrate import upgrade
 
-    settings = Settings()
-    upgrade(settings.database_url)
-
-    async def run() -> T:
-        ledger = Ledger.connect(settings.async_database_url)
-        try:
-            return await work(ExperimentStore(ledger.engine, 0))
-        finally:
-            await ledger.close()
-
-    return asyncio.run(run())
+    return with_ledger(lambda ledger: work(ExperimentStore(ledger.engine, 0)))
 
 
 @experiment_app.command("start")

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from switchboard.cli_support import fail
+
 
 def _usd(value: float | None) -> str:
     if value is None:
@@ -37,10 +39,6 @@ def report(
     from service.config import Settings
     from service.ledger import Ledger, now
     from service.migrate import upgrade
-
-    def fail(message: str) -> None:
-        typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(2)
 
     settings = Settings()
     try:

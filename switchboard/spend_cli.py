@@ -3,13 +3,14 @@ controls from the terminal, on the database of ``SWITCHBOARD_DATABASE_URL``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+
+from switchboard.cli_support import fail, with_ledger
 
 if TYPE_CHECKING:
     from service.budgets import BudgetStore
@@ -21,29 +22,11 @@ models_app = typer.Typer(help="The model and price catalog.", no_args_is_help=Tr
 breaker_app = typer.Typer(help="Spend-spike breakers.", no_args_is_help=True)
 
 
-def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
 def on_ledger(work: Callable[[Ledger, BudgetStore], Awaitable[T]]) -> T:
     """Run ``work`` against the configured database (migrated first)."""
     from service.budgets import BudgetStore
-    from service.config import Settings
-    from service.ledger import Ledger
-    from service.migrate import upgrade
 
-    settings = Settings()
-    upgrade(settings.database_url)
-
-    async def run() -> T:
-        ledger = Ledger.connect(settings.async_database_url)
-        try:
-            return await work(ledger, BudgetStore(ledger.engine))
-        finally:
-            await ledger.close()
-
-    return asyncio.run(run())
+    return with_ledger(lambda ledger: work(ledger, BudgetStore(ledger.engine)))
 
 
 def _fractions(text: str) -> tuple[float, ...]:

@@ -16,7 +16,7 @@ from service.catalog import Catalog
 from service.config import to_async_url, to_sync_url
 from service.ledger import Ledger
 from service.migrate import upgrade
-from service.tables import alerts, budget_reservations, requests
+from service.tables import alerts, budget_reservations, requests, tenants
 from switchboard.fake_upstream import FakeUpstreamServer, catalog_prices
 from switchboard.service_process import ServiceProcess
 from tests.servers import WebhookReceiver
@@ -33,19 +33,29 @@ def per_call_cost() -> float:
     return 40 * info.prompt_usd_per_token + 41 * info.completion_usd_per_token
 
 
-async def prepare(database_url: str, limit_usd: float, webhook: str) -> tuple[str, int]:
+async def prepare(
+    database_url: str, tenant: str, limit_usd: float, webhook: str
+) -> tuple[str, int]:
     ledger = Ledger.connect(to_async_url(database_url))
     try:
-        key, _ = await ledger.create_key("shared")
+        key, _ = await ledger.create_key(tenant)
         store = BudgetStore(ledger.engine)
-        budget = await store.put("tenant:shared", "total", limit_usd, webhook_url=webhook)
+        budget = await store.put(f"tenant:{tenant}", "total", limit_usd, webhook_url=webhook)
         return key, budget.id
     finally:
         await ledger.close()
 
 
-async def flood(urls: list[str], key: str) -> list[int]:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": WORDS}], "max_tokens": 41}
+# the upstream honours max_tokens: a hold sized from the smaller max_completion_tokens would let
+# every call spend more than it held
+LIMITS = {
+    "one limit": {"max_tokens": 41},
+    "two limits": {"max_completion_tokens": 1, "max_tokens": 400},
+}
+
+
+async def flood(urls: list[str], key: str, limits: dict[str, int]) -> list[int]:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": WORDS}], **limits}
     limits = httpx.Limits(max_connections=REQUESTS)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
 
@@ -62,11 +72,13 @@ async def flood(urls: list[str], key: str) -> list[int]:
         return await asyncio.gather(*(one(i) for i in range(REQUESTS)))
 
 
-def test_two_processes_never_spend_past_a_hard_cap_and_alert_once(database_url, tmp_path):
+@pytest.mark.parametrize("limits", LIMITS.values(), ids=LIMITS.keys())
+def test_two_processes_never_spend_past_a_hard_cap_and_alert_once(database_url, tmp_path, limits):
     upgrade(database_url)
     limit = ALLOWED * per_call_cost()
     with WebhookReceiver() as hook, FakeUpstreamServer(catalog_prices([MODEL])) as upstream:
-        key, budget_id = asyncio.run(prepare(database_url, limit, hook.url))
+        tenant = "shared-" + "-".join(map(str, limits.values()))
+        key, budget_id = asyncio.run(prepare(database_url, tenant, limit, hook.url))
         # each answer takes 50 ms upstream, so requests overlap in both processes
         rule = {"model": "*", "fault": "none", "latency_ms": 50, "times": -1}
         httpx.post(f"{upstream.control_url}/faults", json=rule).raise_for_status()
@@ -84,7 +96,7 @@ def test_two_processes_never_spend_past_a_hard_cap_and_alert_once(database_url, 
         try:
             for replica in replicas:
                 replica.wait_ready()
-            statuses = asyncio.run(flood([r.url for r in replicas], key))
+            statuses = asyncio.run(flood([r.url for r in replicas], key, limits))
         finally:
             for replica in replicas:
                 replica.stop()  # graceful: pending alert deliveries finish first
@@ -93,13 +105,22 @@ def test_two_processes_never_spend_past_a_hard_cap_and_alert_once(database_url, 
     assert set(statuses) <= {200, 402} and 0 < served <= ALLOWED
     engine = sa.create_engine(to_sync_url(database_url))
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(requests.c.http_status, requests.c.cost_usd)).all()
+        tenant_id = sa.select(tenants.c.id).where(tenants.c.name == tenant).scalar_subquery()
+        rows = conn.execute(
+            sa.select(requests.c.http_status, requests.c.cost_usd).where(
+                requests.c.tenant_id == tenant_id
+            )
+        ).all()
         window = conn.execute(
             sa.text("SELECT spent_usd, reserved_usd FROM budget_windows WHERE budget_id = :b"),
             {"b": budget_id},
         ).one()
-        holds = conn.scalar(sa.select(sa.func.count()).select_from(budget_reservations))
-        alerted = conn.execute(sa.select(alerts.c.dedupe_key)).all()
+        holds = conn.scalar(
+            sa.select(sa.func.count()).where(budget_reservations.c.budget_id == budget_id)
+        )
+        alerted = conn.execute(
+            sa.select(alerts.c.dedupe_key).where(alerts.c.budget_id == budget_id)
+        ).all()
     engine.dispose()
     assert len(rows) == REQUESTS  # every request has its row, served or refused
     assert sorted(status for status, _ in rows) == sorted(statuses)

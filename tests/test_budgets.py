@@ -16,9 +16,15 @@ from service.budgets import (
     parse_scope,
     period_window,
 )
-from service.catalog import ModelInfo
+from service.catalog import ModelInfo, parse_openrouter_models
 from service.config import Settings, to_async_url
-from service.costs import bound_output, budget_charge, prompt_token_bound, worst_case_cost
+from service.costs import (
+    bound_output,
+    budget_charge,
+    output_token_bound,
+    prompt_token_bound,
+    worst_case_cost,
+)
 from service.ledger import Ledger, Principal
 from service.migrate import upgrade
 from service.tables import budget_reservations
@@ -96,8 +102,60 @@ def test_the_output_bound_is_the_callers_limit_or_the_one_switchboard_sets():
     assert bound_output({**body, "max_tokens": 7}, settings)["max_tokens"] == 7
     assert "max_tokens" not in bound_output({**body, "max_completion_tokens": 9}, settings)
     info = ModelInfo("m", "m", 1e-6, 2e-6)
-    cost = worst_case_cost(info, {**body, "max_tokens": 10}, settings)
-    assert cost == pytest.approx(prompt_token_bound(body) * 1e-6 + 10 * 2e-6)
+    limited = {**body, "max_tokens": 10}
+    cost = worst_case_cost(info, limited, settings)
+    assert cost == pytest.approx(prompt_token_bound(limited) * 1e-6 + 10 * 2e-6)
+
+
+@pytest.mark.parametrize(
+    ("limits", "bound"),
+    [
+        ({"max_completion_tokens": 1, "max_tokens": 4000}, 4000),  # served under either field
+        ({"max_completion_tokens": 4000, "max_tokens": 1}, 4000),
+        ({"max_tokens": 100, "reasoning": {"max_tokens": 50}}, 150),
+        ({"max_tokens": 100, "n": 3}, 300),
+        ({"max_tokens": True}, 8192),  # not a count: as if no limit (the edge refuses it)
+        ({}, 8192),  # no limit reached the hold: the model's longest answer
+    ],
+)
+def test_the_output_bound_covers_every_limit_an_upstream_may_honour(limits, bound):
+    settings = Settings(budget_max_output_tokens=300)
+    info = ModelInfo("m", "m", 1e-6, 2e-6, max_output_tokens=8192)
+    assert output_token_bound({"messages": [], **limits}, settings, info) == bound
+
+
+def test_the_prompt_bound_counts_every_field_the_body_forwards():
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    extra = {**body, "prediction": {"type": "content", "content": "x" * 5000}}
+    assert prompt_token_bound(extra) >= prompt_token_bound(body) + 5000
+    named = {**body, "metadata": {"note": "y" * 3000}}
+    assert prompt_token_bound(named) >= prompt_token_bound(body) + 3000
+
+
+def test_the_worst_case_takes_every_price_tier_at_its_peak():
+    listing = {
+        "data": [
+            {
+                "id": "p/tiered",
+                "context_length": 1_000_000,
+                "top_provider": {"max_completion_tokens": 64_000},
+                "pricing": {
+                    "prompt": "0.000003",
+                    "completion": "0.000015",
+                    "input_cache_write_1h": "0.000006",
+                    "image": "0.001",
+                    "overrides": [{"min_prompt_tokens": 200000, "completion": "0.0000225"}],
+                },
+            }
+        ]
+    }
+    info = parse_openrouter_models(listing, "2026-08-19")["p/tiered"]
+    assert info.peak_prompt_usd_per_token == 6e-6 and info.peak_completion_usd_per_token == 2.25e-5
+    assert info.max_output_tokens == 64_000 and info.image_usd == 0.001
+    assert info.worst_case_usd(1000, 100, media_parts=2) == pytest.approx(
+        1000 * 6e-6 + 100 * 2.25e-5 + 2 * 0.001
+    )
+    assert info.cost_usd(1000, 100) == pytest.approx(1000 * 3e-6 + 100 * 1.5e-5)
 
 
 def test_unpriced_models_are_blocked_or_charged_a_fallback_price():

@@ -261,3 +261,64 @@ def test_sqlite_ledger_made_read_only_under_load_loses_and_duplicates_no_row(tmp
         row = by_id[a.request_id]
         expected = ("ok", 200, None) if a.status == 200 else ("error", a.status, a.code)
         assert (row.status, row.http_status, row.error_code) == expected, a
+
+
+def test_a_row_the_database_refuses_is_recorded_without_what_it_refused(database_url):
+    """One row holding what the ledger cannot store (a lone surrogate on both backends, a NUL
+    and an over-long string on PostgreSQL) neither wedges the writer nor delays the rows after
+    it: it is written at once without the offending fields, named in dropped_fields."""
+    from service.alerts import Alerts
+    from service.budgets import BudgetStore
+    from service.catalog import Catalog
+    from service.config import to_async_url
+    from service.ledger import Ledger
+    from service.metrics import Metrics
+    from service.migrate import upgrade
+    from service.record import RequestRecord
+    from service.recorder import Recorder
+    from service.spend_breaker import SpendBreaker
+    from service.spend_control import SpendControl
+    from service.tables import requests
+
+    upgrade(database_url)
+    settings = Settings(database_url=database_url)
+
+    async def run() -> dict[str, dict]:
+        ledger = Ledger.connect(to_async_url(database_url))
+        tenant = await ledger.ensure_tenant("refused")
+        async with httpx.AsyncClient() as client:
+            alerts = Alerts(ledger.engine, settings, client)
+            store = BudgetStore(ledger.engine, 0)
+            spend = SpendControl(
+                store,
+                alerts,
+                Catalog.load(),
+                settings,
+                SpendBreaker(ledger.engine, settings, alerts),
+            )
+            recorder = Recorder(ledger, Metrics(), spend)
+            from service.ledger import Principal
+
+            principal = Principal(tenant, "refused", None)
+            records = [RequestRecord(principal, "chat.completions") for _ in range(4)]
+            records[1].response = "half of a pair: \ud800"
+            records[1].end_user = "nul \x00 inside"
+            records[2].requested_model = "m" * 300
+            for record in records:
+                await recorder.finish(record)
+            await asyncio.wait_for(recorder.flush(), 10)
+            async with ledger.engine.connect() as conn:
+                rows = (await conn.execute(requests.select())).all()
+            await recorder.drain()
+        await ledger.close()
+        return {row.id: row._asdict() for row in rows}
+
+    rows = asyncio.run(run())
+    assert len(rows) == 4
+    flagged = {row["dropped_fields"] for row in rows.values() if row["dropped_fields"]}
+    assert any("response" in dropped for dropped in flagged)
+    if database_url.startswith("postgresql"):
+        assert any("end_user" in d for d in flagged) and any(
+            "requested_model" in d for d in flagged
+        )
+    assert sum(1 for row in rows.values() if row["dropped_fields"] is None) >= 2

@@ -97,3 +97,66 @@ def test_the_outcomes_loader_parses_or_names_the_problem(lines, suffix):
             return
         assert {"prompt", "model", "quality", "prompt_id"} <= set(table.columns)
         assert table["quality"].between(0, 1).all()
+
+
+@pytest.fixture(scope="module")
+def stored(database_url):
+    """The service on each ledger backend (PostgreSQL refuses NUL in text, SQLite does not)."""
+    upstream = FakeUpstreamServer(None).start()
+    try:
+        with ServiceServer(upstream_settings(upstream.url, database_url, ADMIN)) as server:
+            yield server
+    finally:
+        upstream.stop()
+
+
+CHAT = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+UNSTORABLE = {
+    "NUL in user": ("POST", "/v1/chat/completions", {**CHAT, "user": "a\u0000b"}),
+    "NUL in content": (
+        "POST",
+        "/v1/chat/completions",
+        {**CHAT, "messages": [{"role": "user", "content": "x\u0000"}]},
+    ),
+    "NUL in a key": ("POST", "/v1/chat/completions", {**CHAT, "metadata": {"k\u0000": 1}}),
+    "lone surrogate": (
+        "POST",
+        "/v1/chat/completions",
+        {**CHAT, "messages": [{"role": "user", "content": "\ud800"}]},
+    ),
+    "NUL in feedback": ("POST", "/v1/feedback", {"request_id": "x", "score": 1, "comment": "\0"}),
+    "NUL in admin body": ("POST", "/v1/admin/keys", {"tenant": "a\u0000b"}),
+    "NUL in a path": ("GET", "/v1/requests/sbr-%00", None),
+    "NUL in a query": ("GET", "/v1/requests?status=ok%00", None),
+    "bad UTF-8 in a query": ("GET", "/v1/analytics/summary?tenant=%ff", None),
+}
+
+
+@pytest.mark.parametrize("case", UNSTORABLE.values(), ids=UNSTORABLE.keys())
+def test_text_the_ledger_cannot_store_is_refused_at_the_edge(stored, case):
+    method, path, body = case
+    auth = {"Authorization": f"Bearer {ADMIN}", "content-type": "application/json"}
+    before = httpx.get(f"{stored.url}/v1/requests", headers=auth).json()["summary"]["requests"]
+    content = None if body is None else json.dumps(body)  # ensure_ascii: \\u0000, \\ud800
+    response = httpx.request(method, f"{stored.url}{path}", content=content, headers=auth)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    listed = httpx.get(f"{stored.url}/v1/requests", headers=auth, timeout=3)
+    assert listed.status_code == 200  # the ledger is not wedged
+    after = listed.json()["summary"]["requests"]
+    assert after == before + (1 if path == "/v1/chat/completions" else 0)
+
+
+def test_deep_nesting_is_refused_and_the_connection_still_serves(stored):
+    auth = {"Authorization": f"Bearer {ADMIN}", "content-type": "application/json"}
+    deep = '{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], '
+    deep += '"metadata": ' + "[" * 5000 + "]" * 5000 + "}"
+    fine = json.dumps(CHAT)
+    with httpx.Client(base_url=stored.url, headers=auth, timeout=10) as client:  # one connection
+        for _ in range(2):
+            refused = client.post("/v1/chat/completions", content=deep)
+            assert refused.status_code == 400, refused.text
+            assert "nests more than 64 levels" in refused.json()["error"]["message"]
+            assert client.post("/v1/chat/completions", content=fine).status_code == 200
+        nested = {**CHAT, "metadata": json.loads("[" * 100 + "]" * 100)}  # parses, but too deep
+        assert client.post("/v1/chat/completions", json=nested).status_code == 400

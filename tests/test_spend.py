@@ -129,7 +129,7 @@ def test_a_hard_cap_refuses_with_402_and_alerts_once_by_webhook_and_email(
         service,
         scope="tenant:capped",
         period="day",
-        limit_usd=per_call * 4.5,  # room for four answers of this size and their holds
+        limit_usd=per_call * 4.8,  # room for four answers of this size and their holds
         webhook_url=hook.url,
         email="ops@example.com",
     )
@@ -146,7 +146,7 @@ def test_a_hard_cap_refuses_with_402_and_alerts_once_by_webhook_and_email(
     body = refused.response.json()["error"]
     assert body["code"] == "budget_exceeded" and "tenant:capped" in body["message"]
     assert refused.response.headers["x-switchboard-budget-scope"] == "tenant:capped"
-    assert served == 4  # each hold is about 1.35 answers (the prompt bound counts bytes)
+    assert served == 4  # each hold is about 1.6 answers (the prompt bound counts body bytes)
     status = given_back(service, budget["id"])
     assert status["spent_usd"] <= status["limit_usd"]
     assert status["spent_usd"] == pytest.approx(served * per_call)
@@ -237,6 +237,22 @@ def test_unpriced_models_under_a_budget_are_blocked_by_default(service):
             assert refused.value.response.json()["error"]["code"] == "unpriced_model"
             completion, _ = ask(client, model=MODEL)  # priced models still pass
             assert completion.usage.cost > 0
+
+
+def test_charges_no_token_price_bounds_are_refused_under_a_budget(service):
+    created = admin(service, "POST", "/v1/admin/keys", json={"tenant": "searcher"}).json()
+    client = OpenAI(base_url=f"{service.url}/v1", api_key=created["key"], max_retries=0)
+    web = {"plugins": [{"id": "web", "max_results": 5}]}
+    completion, _ = ask(client, extra_body=web)  # no budget applies: forwarded as sent
+    assert completion.choices[0].message.content
+    set_budget(service, scope=f"key:{created['id']}", period="total", limit_usd=1.0)
+    for extra in (web, {"web_search_options": {"search_context_size": "high"}}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            ask(client, extra_body=extra)
+        error = refused.value.response.json()["error"]
+        assert error["code"] == "unbounded_cost" and error["param"] == next(iter(extra))
+    completion, _ = ask(client)
+    assert completion.usage.cost > 0
 
 
 def test_the_ledger_matches_the_upstreams_bill_streamed_or_not(service, upstream):

@@ -8,20 +8,26 @@ from typing import Any
 
 from fastapi import Request
 
+from service.api.text_rules import MAX_JSON_DEPTH, check_json
 from service.errors import InvalidRequest, Unavailable
 
 FLUSH_TIMEOUT_S = 5.0
 
 
 async def json_body(request: Request) -> Any:
-    """The parsed JSON body, or 400 naming the problem (the size cap is the middleware's)."""
+    """The parsed JSON body, or 400 naming the problem (the size cap is the middleware's; what
+    text is accepted, service.api.text_rules)."""
     raw = await request.body()
     if not raw.strip():
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
+        payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise InvalidRequest(f"the request body nests more than {MAX_JSON_DEPTH} levels") from None
+    check_json(payload, raw)
+    return payload
 
 
 async def flushed(request: Request) -> None:

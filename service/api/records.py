@@ -1,16 +1,17 @@
-"""POST /v1/feedback, GET /v1/requests[/{id}] (tenant-scoped), POST /v1/admin/keys (admin)."""
+"""POST /v1/feedback, GET /v1/requests[/{id}] (tenant-scoped); the admin's API keys routes:
+GET and POST /v1/admin/keys, POST /v1/admin/keys/{id}/revoke."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 
 from service.api.common import flushed, json_body
 from service.auth import authenticate, authenticate_admin
-from service.errors import InvalidRequest, NotFound
-from service.ledger import Principal
+from service.errors import Forbidden, InvalidRequest, NotFound
+from service.ledger import Principal, tenant_name
 from service.schemas import FeedbackRequest, parse
 
 router = APIRouter()
@@ -31,6 +32,12 @@ async def feedback(request: Request) -> JSONResponse:
     principal = await authenticate(request)
     await flushed(request)
     body: FeedbackRequest = parse(FeedbackRequest, await json_body(request))
+    if body.source != "user" and not principal.admin:
+        raise Forbidden(
+            f"source {body.source!r} is reserved for the admin key (the judge); tenants send "
+            "source 'user'",
+            param="source",
+        )
     score = body.value()
     row = await _own_request(request, body.request_id, principal)
     feedback_id = await request.app.state.ledger.add_feedback(
@@ -74,7 +81,39 @@ async def create_key(request: Request) -> JSONResponse:
     await authenticate_admin(request)
     body = await json_body(request)
     tenant = body.get("tenant") if isinstance(body, dict) else None
-    if not isinstance(tenant, str) or not tenant.strip() or len(tenant) > 200:
+    if not isinstance(tenant, str):
         raise InvalidRequest("tenant: a name of 1 to 200 characters is required", param="tenant")
-    key, key_id = await request.app.state.ledger.create_key(tenant.strip())
-    return JSONResponse({"tenant": tenant.strip(), "key": key, "id": key_id}, status_code=201)
+    try:
+        tenant = tenant_name(tenant)
+    except ValueError as error:
+        raise InvalidRequest(f"tenant: {error}", param="tenant") from None
+    key, key_id = await request.app.state.ledger.create_key(tenant)
+    return JSONResponse({"tenant": tenant, "key": key, "id": key_id}, status_code=201)
+
+
+def _key_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **row,
+        "created_at": row["created_at"].isoformat(),
+        "revoked_at": row["revoked_at"].isoformat() if row["revoked_at"] else None,
+    }
+
+
+@router.get("/v1/admin/keys")
+async def list_keys(request: Request) -> dict[str, Any]:
+    """Every API key (id, tenant, prefix, created_at, revoked_at; never the key). Admin only."""
+    await authenticate_admin(request)
+    rows = await request.app.state.ledger.list_keys()
+    return {"object": "list", "data": [_key_json(row) for row in rows]}
+
+
+@router.post("/v1/admin/keys/{key_id}/revoke")
+async def revoke_key(
+    key_id: Annotated[int, Path(ge=1, le=2**31 - 1)], request: Request
+) -> dict[str, Any]:
+    """Revoke a key: every replica refuses it within about a second. Admin only."""
+    await authenticate_admin(request)
+    row = await request.app.state.ledger.revoke_key(key_id)
+    if row is None:
+        raise NotFound(f"no API key {key_id}", param="key_id", code="key_not_found")
+    return _key_json(row)

@@ -28,7 +28,6 @@ from service.providers.base import (
     UpstreamError,
     Usage,
     error_for_status,
-    redact,
     sse_events,
     transport_failure,
 )
@@ -410,7 +409,7 @@ class AnthropicProvider:
         }
 
     def _status_error(self, response: httpx.Response) -> UpstreamError:
-        message = redact(_error_message(response), self._api_key)
+        message = _error_message(response)
         return error_for_status(
             response.status_code, message, response.headers.get("retry-after"), PROVIDER
         )
@@ -426,7 +425,7 @@ class AnthropicProvider:
         except UpstreamError:
             raise
         except Exception as exc:
-            raise transport_failure(exc, PROVIDER, self._api_key) from exc
+            raise transport_failure(exc, PROVIDER) from exc
 
     async def stream(self, model: str, body: dict[str, Any]) -> AsyncIterator[Chunk]:
         """One streamed Messages call as OpenAI chunks; a cut or failed stream raises."""
@@ -450,4 +449,4 @@ class AnthropicProvider:
         except UpstreamError:
             raise
         except Exception as exc:
-            raise transport_failure(exc, PROVIDER, self._api_key) from exc
+            raise transport_failure(exc, PROVIDER) from exc

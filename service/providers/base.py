@@ -133,8 +133,8 @@ def error_for_status(
     return UpstreamError(kind, message, status, retry_after_seconds(retry_after), provider)
 
 
-def transport_failure(exc: Exception, provider: str, secret: str = "") -> UpstreamError:
-    """The UpstreamError for an exception raised while calling a provider (the key scrubbed)."""
+def transport_failure(exc: Exception, provider: str) -> UpstreamError:
+    """The UpstreamError for an exception raised while calling a provider."""
     import httpx
 
     if isinstance(exc, httpx.TimeoutException):
@@ -143,12 +143,7 @@ def transport_failure(exc: Exception, provider: str, secret: str = "") -> Upstre
         kind = CONNECTION
     else:
         kind = MALFORMED
-    return UpstreamError(kind, redact(f"{type(exc).__name__}: {exc}", secret), provider=provider)
-
-
-def redact(text: str, secret: str) -> str:
-    """``text`` with every occurrence of ``secret`` (a provider key) replaced."""
-    return text.replace(secret, "[redacted]") if secret else text
+    return UpstreamError(kind, f"{type(exc).__name__}: {exc}", provider=provider)
 
 
 async def sse_events(response: Any) -> AsyncIterator[tuple[str, str]]:

@@ -30,7 +30,6 @@ from service.providers.base import (
     UpstreamError,
     Usage,
     error_for_status,
-    redact,
     sse_events,
     transport_failure,
 )
@@ -410,9 +409,7 @@ class GeminiProvider:
     def _status_error(self, response: httpx.Response) -> UpstreamError:
         message, delay = _error_details(response)
         retry_after = response.headers.get("retry-after") or delay
-        return error_for_status(
-            response.status_code, redact(message, self._api_key), retry_after, PROVIDER
-        )
+        return error_for_status(response.status_code, message, retry_after, PROVIDER)
 
     async def complete(self, model: str, body: dict[str, Any]) -> Completion:
         """One non-streamed generateContent call, answered as an OpenAI ``chat.completion``."""
@@ -426,7 +423,7 @@ class GeminiProvider:
         except UpstreamError:
             raise
         except Exception as exc:
-            raise transport_failure(exc, PROVIDER, self._api_key) from exc
+            raise transport_failure(exc, PROVIDER) from exc
 
     async def stream(self, model: str, body: dict[str, Any]) -> AsyncIterator[Chunk]:
         """One streamGenerateContent call as OpenAI chunks; a cut or failed stream raises."""
@@ -448,4 +445,4 @@ class GeminiProvider:
         except UpstreamError:
             raise
         except Exception as exc:
-            raise transport_failure(exc, PROVIDER, self._api_key) from exc
+            raise transport_failure(exc, PROVIDER) from exc

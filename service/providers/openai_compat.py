@@ -23,7 +23,6 @@ from service.providers.base import (
     UpstreamError,
     Usage,
     error_for_status,
-    redact,
 )
 
 DONE = b"[DONE]"
@@ -74,7 +73,6 @@ class OpenAICompatibleProvider:
         self._serves = serves
         self._native = native
         self.stream_usage = stream_usage
-        self.api_key = api_key
         self.headers = {"Authorization": f"Bearer {api_key}", **(extra_headers or {})}
 
     def serves(self, model: str) -> bool:
@@ -95,7 +93,7 @@ class OpenAICompatibleProvider:
         if response.status_code >= 400:
             raise error_for_status(
                 response.status_code,
-                f"{self.name}: {redact(_error_message(response), self.api_key)}",
+                f"{self.name}: {_error_message(response)}",
                 response.headers.get("retry-after"),
                 self.name,
             )
@@ -126,7 +124,7 @@ class OpenAICompatibleProvider:
                     await response.aread()
                     raise error_for_status(
                         response.status_code,
-                        f"{self.name}: {redact(_error_message(response), self.api_key)}",
+                        f"{self.name}: {_error_message(response)}",
                         response.headers.get("retry-after"),
                         self.name,
                     )
