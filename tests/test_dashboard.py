@@ -16,12 +16,17 @@ from openai import OpenAI
 from switchboard.fake_upstream import FakeUpstreamServer, catalog_prices
 from tests.servers import ServiceServer, upstream_settings
 
-CHROMIUM = os.environ.get("SWITCHBOARD_TEST_CHROMIUM") or shutil.which("chromium") or ""
+CHROMIUM = os.environ.get("SWITCHBOARD_TEST_CHROMIUM") or shutil.which("chromium")
+HAVE_BROWSER = CHROMIUM is not None and Path(CHROMIUM).is_file()
 ADMIN = "sb-admin-dashboard"
 DEAR = "openai/gpt-4-1106-preview"
+if not HAVE_BROWSER and os.environ.get("SWITCHBOARD_REQUIRE_BROWSER"):
+    raise RuntimeError(
+        "SWITCHBOARD_REQUIRE_BROWSER is set but there is no chromium "
+        "(apt install chromium, or SWITCHBOARD_TEST_CHROMIUM=/path/to/chromium)"
+    )
 pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists() and not os.environ.get("SWITCHBOARD_REQUIRE_BROWSER"),
-    reason="no chromium (apt install chromium); CI sets SWITCHBOARD_REQUIRE_BROWSER",
+    not HAVE_BROWSER, reason="no chromium on this machine (apt install chromium); CI installs it"
 )
 
 
@@ -101,7 +106,16 @@ def browser():
 
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+            executable_path=CHROMIUM,
+            args=[
+                *("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"),
+                *(
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                ),
+                "--disable-sync",
+            ],
         )
         yield chromium
         chromium.close()
