@@ -374,7 +374,8 @@ class Analytics:
 
 
 def default_reference(catalog: Catalog, models: list[str]) -> str:
-    """The most expensive model the router may pick (by completion, then prompt price)."""
+    """The most expensive of ``models`` (by completion, then prompt price): the router's
+    models that the upstream serves now, where that is known."""
     priced = [catalog.get(m) for m in models if m in catalog and catalog.get(m).priced]
     if not priced:
         raise ValueError("no priced router model to compare with")

@@ -51,6 +51,41 @@ ALIASES: dict[str, str] = {
     # RouterArena
     "claude-3-haiku-20240307": "anthropic/claude-3-haiku",
     "gemini-2.0-flash-001": "google/gemini-2.0-flash-001",
+    # ZeroEval (late 2024). Only ids that served exactly this model: a dated id, or an undated
+    # one that never moved on to a newer model (openai/gpt-4-turbo is 2024-04-09 still). Left
+    # out on purpose: chatgpt-4o-latest (moves), deepseek-v2.5 (deepseek/deepseek-chat is V3),
+    # the Gemini "exp" previews, host-specific deployments ("@sambanova") and models OpenRouter
+    # never listed; they keep their ZeroEval names, train the router, and are never served.
+    "gpt-4o-2024-05-13": "openai/gpt-4o-2024-05-13",
+    "gpt-4o-2024-08-06": "openai/gpt-4o-2024-08-06",
+    "gpt-4o-mini-2024-07-18": "openai/gpt-4o-mini",
+    "gpt-4-turbo-2024-04-09": "openai/gpt-4-turbo",
+    "gpt-4-0314": "openai/gpt-4-0314",
+    "gpt-3.5-turbo-0125": "openai/gpt-3.5-turbo-0125",
+    "o1-mini-2024-09-12": "openai/o1-mini-2024-09-12",
+    "o1-preview-2024-09-12": "openai/o1-preview-2024-09-12",
+    "claude-3-5-sonnet-20240620": "anthropic/claude-3.5-sonnet-20240620",
+    "claude-3-5-sonnet-20241022": "anthropic/claude-3.5-sonnet",
+    "claude-3-5-haiku-20241022": "anthropic/claude-3.5-haiku-20241022",
+    "claude-3-opus-20240229": "anthropic/claude-3-opus",
+    "claude-3-sonnet-20240229": "anthropic/claude-3-sonnet",
+    "gemma-2-27b-it": "google/gemma-2-27b-it",
+    "Meta-Llama-3-70B-Instruct": "meta-llama/llama-3-70b-instruct",
+    "Meta-Llama-3-8B-Instruct": "meta-llama/llama-3-8b-instruct",
+    "Meta-Llama-3.1-70B-Instruct": "meta-llama/llama-3.1-70b-instruct",
+    "Meta-Llama-3.1-8B-Instruct": "meta-llama/llama-3.1-8b-instruct",
+    "Mistral-Large-2": "mistralai/mistral-large-2407",
+    "Mistral-Nemo-Instruct-2407": "mistralai/mistral-nemo",
+    "Mixtral-8x7B-Instruct-v0.1": "mistralai/mixtral-8x7b-instruct",
+    "Qwen2.5-72B-Instruct": "qwen/qwen-2.5-72b-instruct",
+    "Qwen2.5-7B-Instruct": "qwen/qwen-2.5-7b-instruct",
+    "Qwen2-72B-Instruct": "qwen/qwen-2-72b-instruct",
+    "Qwen2-7B-Instruct": "qwen/qwen-2-7b-instruct",
+    "Phi-3.5-mini-instruct": "microsoft/phi-3.5-mini-128k-instruct",
+    "yi-large": "01-ai/yi-large",
+    "grok-2-1212": "x-ai/grok-2-1212",
+    "command-r-plus": "cohere/command-r-plus-04-2024",
+    "command-r": "cohere/command-r-03-2024",
 }
 
 
@@ -181,6 +216,10 @@ class Catalog:
 
     def __init__(self, models: dict[str, ModelInfo]):
         self.models = models
+        known = sorted(m.typical_output_tokens for m in models.values() if m.typical_output_tokens)
+        # what a model with no recorded answers is expected to answer at: the median of those
+        # with (never 0: a model without a length must not look free)
+        self.median_output_tokens = known[len(known) // 2] if known else 300
 
     def __contains__(self, model_id: str) -> bool:
         return canonical_model_id(model_id) in self.models

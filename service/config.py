@@ -57,9 +57,18 @@ class Settings(BaseSettings):
 
     router_dir: Path = REPO_ROOT / "models" / "router"
     catalog_path: Path = REPO_ROOT / "models" / "catalog.json"
+    runs_dir: Path = REPO_ROOT / "runs"  # every router version a command writes (not in git)
+    snapshots_dir: Path = REPO_ROOT / "datasets" / "snapshots"  # training tables, onboarded data
+    aliases_path: Path | None = None  # a JSON object of your model names -> OpenRouter ids
     replay_outcomes_path: Path = REPO_ROOT / "datasets" / "outcomes.parquet"
     default_threshold: float | None = None  # None: the router's own default
     exploration_rate: float = Field(0.0, ge=0.0, le=1.0)  # share routed at random (propensity)
+    # what auto routing may do with a candidate scored from fewer graded prompts than
+    # calibrated_min_prompts: explore (exploration share and fallback only), route (like any
+    # other), exclude (never a candidate unless allowed_models names it)
+    uncalibrated_policy: Literal["explore", "route", "exclude"] = "explore"
+    calibrated_min_prompts: int = Field(25, ge=0)
+    listing_refresh_s: float = 6 * 3600.0  # re-read the upstream's model listing (with a key)
     challenger_dir: Path | None = None  # a second learned router, for experiment arms
     upkeep_interval_s: float = 30.0  # sweeps, breakers, pacing, experiments, champion pickup
     reference_model: str | None = None  # savings are against it; None: the dearest router model

@@ -15,6 +15,7 @@ then the next model in the plan.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from service.availability import Availability, says_not_served
 from service.catalog import Catalog, canonical_model_id
 from service.config import Settings
 from service.errors import (
@@ -48,6 +50,16 @@ from service.schemas import AUTO_MODEL, ChatRequest, RoutingControls
 from service.spend_control import SpendControl, Steering
 
 T = TypeVar("T")
+log = logging.getLogger("switchboard")
+
+
+@dataclass
+class Candidates:
+    """The models a request may go to, which of them its rule may choose, and those left out."""
+
+    models: list[str]
+    decidable: list[bool]
+    left_out: list[dict[str, Any]]
 
 
 @dataclass
@@ -78,7 +90,10 @@ class Gateway:
         on_upstream_error: Callable[[str, str], None] | None = None,
         spend: SpendControl | None = None,
         challenger: LearnedRouter | None = None,
+        availability: Availability | None = None,
     ):
+        self.availability = availability or Availability.unknown()
+        self._persisting: set[asyncio.Task[None]] = set()
         self.spend = spend
         self.challenger = challenger
         self.on_upstream_error = on_upstream_error or (lambda model, kind: None)
@@ -103,19 +118,53 @@ class Gateway:
     def _replay(self) -> ReplayProvider | None:
         return next((p for p in self.providers if isinstance(p, ReplayProvider)), None)
 
-    def candidates(self, messages: list[dict[str, Any]], controls: RoutingControls) -> list[str]:
-        """Router models this request may use: allowed, served, recorded (replay), circuit shut."""
-        models = list(self.router.models)
+    def calibrated(self, model: str) -> bool:
+        """Whether the router's scores of ``model`` rest on enough graded prompts."""
+        return self.router.graded_prompts(model) >= self.settings.calibrated_min_prompts
+
+    def candidates(self, messages: list[dict[str, Any]], controls: RoutingControls) -> Candidates:
+        """The models this request may be routed to: the router's (or those ``allowed_models``
+        names), served by a configured upstream and listed by it now, circuit shut, recorded
+        (replay); which of them the rule may choose (uncalibrated ones: by the policy); and the
+        ones left out, with why."""
+        router = self.router
+        opted_in = bool(controls.allowed_models)
         if controls.allowed_models:
-            allowed = [canonical_model_id(m) for m in controls.allowed_models]
-            unknown = [m for m in allowed if m not in models]
-            if unknown:
+            named = list(dict.fromkeys(canonical_model_id(m) for m in controls.allowed_models))
+            missing = [m for m in named if m not in self.catalog]
+            if missing:
+                raise Unroutable(
+                    f"allowed_models with no catalog entry: {', '.join(missing)} (GET /v1/models "
+                    "lists the catalog; switchboard models sync adds what the upstream lists)",
+                    param="switchboard.allowed_models",
+                )
+            unknown = [m for m in named if m not in router.models]
+            if unknown and not router.open:
                 raise Unroutable(
                     f"allowed_models the router cannot route to: {', '.join(unknown)}",
                     param="switchboard.allowed_models",
                 )
-            models = [m for m in models if m in set(allowed)]
-        models = [m for m in models if self.provider_for(m) is not None]
+            pool = named
+        else:
+            pool = list(router.models)
+        left_out: list[dict[str, Any]] = []
+        open_circuits = set(self.breaker.open_models())
+        policy = self.settings.uncalibrated_policy
+        models = []
+        for model in pool:
+            reason = None
+            if self.provider_for(model) is None:
+                reason = "no configured upstream serves it"
+            elif (not_served := self.availability.unavailable(model)) is not None:
+                reason = not_served
+            elif model in open_circuits:
+                reason = "its circuit is open after repeated failures"
+            elif policy == "exclude" and not opted_in and not self.calibrated(model):
+                reason = f"uncalibrated ({router.graded_prompts(model)} graded prompts)"
+            if reason is None:
+                models.append(model)
+            else:
+                left_out.append({"model": model, "reason": reason})
         replay = self._replay()
         if replay is not None:
             recorded = replay.models_for(messages)
@@ -124,11 +173,13 @@ class Gateway:
                 raise Unavailable(
                     "replay upstream: no recorded answer to this prompt; " + HOW_TO_CONFIGURE
                 )
-        open_circuits = set(self.breaker.open_models())
-        usable = [m for m in models if m not in open_circuits]
-        if not usable:
-            raise Unavailable("no upstream can serve any candidate model for this request")
-        return usable
+        if not models:
+            reasons = "; ".join(f"{e['model']}: {e['reason']}" for e in left_out[:5])
+            raise Unavailable(f"no upstream can serve any candidate model ({reasons})")
+        decidable = [opted_in or policy != "explore" or self.calibrated(m) for m in models]
+        if not any(decidable):  # nothing calibrated is served: their priors are all there is
+            decidable = [True] * len(models)
+        return Candidates(models, decidable, left_out)
 
     def route(
         self,
@@ -142,13 +193,17 @@ class Gateway:
         context = context or RouteContext()
         steering = context.steering
         prompt = prompt_text(messages)
-        models = self.candidates(messages, controls)
         champion = self.router  # one version for the whole decision, even if pickup swaps it
+        found = self.candidates(messages, controls)
+        record.left_out = found.left_out or None
+        models, decidable = found.models, np.array(found.decidable)
         features = champion.featurizer().transform([prompt])
         answer = champion.answer_tokens(features, models)
         cost = expected_costs([prompt], models, self.catalog, context.max_output_tokens, answer)[0]
         if steering is not None and steering.cheaper_half:
-            models, cost = cheaper_half(models, cost)
+            keep = cheaper_half(cost)
+            models = [m for m, k in zip(models, keep, strict=True) if k]
+            cost, decidable = cost[keep], decidable[keep]
         which = {"learned": "champion", None: "champion"}.get(controls.router, controls.router)
         if controls.router is None and context.arm_router is not None:
             which, record.arm = context.arm_router, context.arm
@@ -158,7 +213,7 @@ class Gateway:
         else:
             learned = self.challenger if which == "challenger" and self.challenger else champion
             shared = features if learned is champion else None
-            p_pass = learned.p_pass([prompt], models, features=shared)[0]
+            p_pass = learned.p_pass([prompt], models, features=shared, catalog=self.catalog)[0]
             router_name, version = learned.name, learned.version
         threshold = controls.quality_threshold
         if threshold is None:
@@ -171,17 +226,32 @@ class Gateway:
             threshold, value = min(threshold, steering.threshold_cap), None
         if steering is not None and steering.reasons:
             record.spend_control = ", ".join(steering.reasons)[:300]
+        rule_models = [m for m, ok in zip(models, decidable, strict=True) if ok]
         try:
             decision = decide(
-                models, p_pass, cost, threshold, router_name, None, controls.max_cost_usd, value
+                rule_models,
+                p_pass[decidable],
+                cost[decidable],
+                threshold,
+                router_name,
+                None,
+                controls.max_cost_usd,
+                value,
             )
         except NoCandidateError as error:
             raise Unroutable(str(error), param="switchboard.max_cost_usd") from None
         record.router, record.router_version = router_name, version
         record.threshold, record.answer_value_usd = decision.threshold, decision.answer_value_usd
         record.candidates = [
-            {"model": c.model, "p_pass": c.p_pass, "expected_cost_usd": c.expected_cost_usd}
-            for c in decision.candidates
+            {
+                "model": model,
+                "p_pass": float(p_pass[j]),
+                "expected_cost_usd": None if math.isnan(cost[j]) else float(cost[j]),
+                "graded_prompts": champion.graded_prompts(model),
+                "calibrated": self.calibrated(model),
+                "decidable": bool(decidable[j]),
+            }
+            for j, model in enumerate(models)
         ]
         record.rule = decision.rule
         within_cap = [
@@ -198,20 +268,18 @@ class Gateway:
         record.propensity = propensity
         if not math.isnan(cost[index]):
             record.expected_cost_usd = float(cost[index])
+        ruled = [j for j in within_cap if decidable[j]]
         if value is not None:  # fallbacks by expected net value
             fallbacks = sorted(
-                within_cap,
+                ruled,
                 key=lambda j: math.inf if math.isnan(cost[j]) else cost[j] - value * p_pass[j],
             )
         else:
-            clearing = sorted(
-                (j for j in within_cap if p_pass[j] >= threshold), key=lambda j: cost[j]
-            )
-            rest = sorted(
-                (j for j in within_cap if p_pass[j] < threshold), key=lambda j: -p_pass[j]
-            )
+            clearing = sorted((j for j in ruled if p_pass[j] >= threshold), key=lambda j: cost[j])
+            rest = sorted((j for j in ruled if p_pass[j] < threshold), key=lambda j: -p_pass[j])
             fallbacks = clearing + rest
-        order = [chosen, decision.model] + [models[j] for j in fallbacks]
+        exploring_only = [j for j in within_cap if not decidable[j]]  # uncalibrated: last
+        order = [chosen, decision.model] + [models[j] for j in fallbacks + exploring_only]
         return list(dict.fromkeys(order))
 
     def plan(
@@ -285,6 +353,8 @@ class Gateway:
                     self.on_upstream_error(model, error.kind)
                     if error.kind not in (BAD_REQUEST,):
                         self.breaker.failure(model)
+                    elif says_not_served(error.message):
+                        self._not_served(model, error.message)
                     if not error.retryable or attempt > settings.retries:
                         break
                     delay = backoff_delay(
@@ -301,6 +371,9 @@ class Gateway:
                     continue
                 record.upstream_ms += (time.perf_counter() - started) * 1000
                 self.breaker.success(model)
+                for candidate in record.candidates or []:  # the served model's, not the chosen's
+                    if candidate["model"] == model:
+                        record.p_pass = candidate["p_pass"]
                 return result, model
             assert last is not None
             if record.hold is not None and self.spend is not None:
@@ -316,14 +389,26 @@ class Gateway:
             )
         raise final_error(last, plan)
 
+    def _not_served(self, model: str, message: str) -> None:
+        """An answer said the upstream does not serve ``model``: out of routing now, and in the
+        ledger for the other replicas."""
+        if self.availability.mark(model, message):
+            task = asyncio.get_running_loop().create_task(self.availability.persist(model))
+            self._persisting.add(task)
+            task.add_done_callback(self._persisted)
 
-def cheaper_half(models: list[str], cost: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """The candidates whose expected cost is at most the median (unpriced ones dropped)."""
+    def _persisted(self, task: asyncio.Task[None]) -> None:
+        self._persisting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not record an unavailable model: %s", task.exception())
+
+
+def cheaper_half(cost: np.ndarray) -> np.ndarray:
+    """Which candidates' expected cost is at most the median (unpriced ones dropped)."""
     priced = ~np.isnan(cost)
     if not priced.any():
-        return models, cost
-    keep = priced & (cost <= np.median(cost[priced]))
-    return [m for m, k in zip(models, keep, strict=True) if k], cost[keep]
+        return np.ones(len(cost), dtype=bool)
+    return priced & (cost <= np.median(cost[priced]))
 
 
 def final_error(last: UpstreamError | None, plan: Plan) -> APIError:

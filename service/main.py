@@ -32,6 +32,7 @@ from service.api import (
 )
 from service.api.text_rules import RejectUnstorableURLs
 from service.auth import ADMIN_TENANT, LOCAL_TENANT
+from service.availability import Availability, fetch_listing, listed_ids
 from service.budgets import BudgetStore
 from service.catalog import Catalog
 from service.config import Settings
@@ -141,6 +142,7 @@ async def maintain(state: Any) -> None:
     while True:
         await asyncio.sleep(state.settings.upkeep_interval_s)
         try:
+            await state.availability.refresh()
             await state.budgets.sweep()
             await state.spend.leases.tidy()
             await state.breaker.check()
@@ -149,6 +151,21 @@ async def maintain(state: Any) -> None:
             await reload_router(state)
         except Exception:  # upkeep must outlive a database hiccup
             log.exception("upkeep failed")
+
+
+async def refresh_listing(state: Any) -> None:
+    """Read the upstream's model listing at start and every ``listing_refresh_s`` (with an
+    OpenRouter key): auto routing keeps to the models it lists (service.availability)."""
+    settings = state.settings
+    key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else None
+    while True:
+        try:
+            payload = await fetch_listing(settings.openrouter_base_url, key)
+            count = await state.availability.record_listing(listed_ids(payload))
+            log.info("the upstream lists %d models", count)
+        except Exception as error:  # keep serving on the last listing
+            log.warning("could not read the upstream's model listing: %s", error)
+        await asyncio.sleep(settings.listing_refresh_s)
 
 
 async def watch_revocations(ledger: Ledger) -> None:
@@ -204,6 +221,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.alerts = Alerts(ledger.engine, settings, client)
         state.breaker = SpendBreaker(ledger.engine, settings, state.alerts)
         state.spend = SpendControl(state.budgets, state.alerts, catalog, settings, state.breaker)
+        state.availability = Availability(ledger.engine, settings.budget_refresh_s)
+        await state.availability.refresh()
         challenger = None
         if settings.challenger_dir is not None:
             challenger = await asyncio.to_thread(LearnedRouter.load, settings.challenger_dir)
@@ -215,12 +234,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.upstream_error,
             state.spend,
             challenger,
+            state.availability,
         )
         state.experiments = ExperimentStore(ledger.engine, settings.budget_refresh_s)
         state.recorder = Recorder(ledger, metrics, state.spend)
         default_threshold = settings.default_threshold or router.default_threshold
         state.pacer = Pacer(ledger.engine, state.budgets, default_threshold)
-        reference = settings.reference_model or default_reference(catalog, router.models)
+        served = [m for m in router.models if state.availability.unavailable(m) is None]
+        reference = settings.reference_model or default_reference(catalog, served or router.models)
         state.analytics = Analytics(ledger.engine, catalog, reference)
         state.shutting_down = False
         state.key_rate_limit = (
@@ -229,6 +250,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.router_version = router.version
         upkeep = asyncio.create_task(maintain(state))
         revocations = asyncio.create_task(watch_revocations(ledger))
+        background = [upkeep, revocations]
+        if settings.upstream == "openrouter" and settings.openrouter_api_key:
+            background.append(asyncio.create_task(refresh_listing(state)))
         local_id = await ledger.ensure_tenant(LOCAL_TENANT)
         admin_id = await ledger.ensure_tenant(ADMIN_TENANT)
         state.local_principal = Principal(local_id, LOCAL_TENANT, None)
@@ -241,8 +265,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             state.shutting_down = True
-            upkeep.cancel()
-            revocations.cancel()
+            for task in background:
+                task.cancel()
             await state.recorder.drain()
             await give_back_leases(state)
             await state.alerts.drain()

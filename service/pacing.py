@@ -41,8 +41,11 @@ MIN_PERIOD_DATA = timedelta(minutes=10)
 
 def chosen_cost(candidates: list[dict[str, Any]], threshold: float) -> float:
     """Expected cost of the model the decision rule picks at ``threshold``: the cheapest whose
-    P(pass) clears it, else the most likely to pass."""
-    priced = [c for c in candidates if c.get("expected_cost_usd") is not None]
+    P(pass) clears it, else the most likely to pass (among the candidates the rule could
+    choose: not those the uncalibrated policy left to exploration)."""
+    priced = [
+        c for c in candidates if c.get("expected_cost_usd") is not None and c.get("decidable", True)
+    ]
     if not priced:
         return 0.0
     clearing = [c for c in priced if c["p_pass"] >= threshold]

@@ -37,6 +37,7 @@ class RequestRecord:
     threshold: float | None = None
     answer_value_usd: float | None = None  # set when the value rule decided
     candidates: list[dict[str, Any]] | None = None
+    left_out: list[dict[str, Any]] | None = None  # models not considered, and why
     propensity: float | None = None
     chosen_model: str | None = None
     served_model: str | None = None
@@ -146,6 +147,7 @@ class RequestRecord:
             "charged_usd": self.charged_usd,
             "spend_control": self.spend_control,
             "dropped_fields": None,
+            "left_out": self.left_out,
         }
 
     def headers(self) -> dict[str, str]:
@@ -187,4 +189,5 @@ class RequestRecord:
             "usage_estimated": self.usage_estimated,
             "spend_control": self.spend_control,
             "dropped_fields": None,
+            "left_out": self.left_out,
         }

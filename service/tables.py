@@ -72,6 +72,7 @@ requests = sa.Table(
     sa.Column("spend_control", sa.String(300), nullable=True),  # soft landing, pacing, spike
     # fields left out because the database could not store them (service.recorder)
     sa.Column("dropped_fields", sa.String(300), nullable=True),
+    sa.Column("left_out", sa.JSON, nullable=True),  # [{"model", "reason"}] not considered
 )
 
 feedback = sa.Table(
@@ -164,4 +165,14 @@ experiments = sa.Table(
     sa.Column("started_at", UTC_TIME, nullable=False),
     sa.Column("stopped_at", UTC_TIME, nullable=True),
     sa.Column("stop_reason", sa.Text, nullable=True),
+)
+
+upstream_models = sa.Table(
+    "upstream_models",
+    metadata,
+    sa.Column("model_id", sa.String(200), primary_key=True),
+    sa.Column("listed", sa.Boolean, nullable=False),  # in the upstream's last model listing
+    sa.Column("listed_at", UTC_TIME, nullable=False),  # when that listing was read
+    sa.Column("unavailable_reason", sa.Text, nullable=True),  # an answer said it is not served
+    sa.Column("unavailable_at", UTC_TIME, nullable=True),
 )

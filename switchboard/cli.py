@@ -20,8 +20,9 @@ from switchboard.loop_cli import (
     rollback_command,
     soak_command,
 )
+from switchboard.models_cli import calibrate, models_app
 from switchboard.report import report
-from switchboard.spend_cli import breaker_app, budget_app, models_app, reconcile
+from switchboard.spend_cli import breaker_app, budget_app, reconcile
 
 app = typer.Typer(help="switchboard: a learned LLM router.", no_args_is_help=True)
 data_app = typer.Typer(help="The routing-outcomes dataset.", no_args_is_help=True)
@@ -38,6 +39,7 @@ app.add_typer(experiment_app, name="experiment")
 app.command("retrain")(retrain_command)
 app.command("rollback")(rollback_command)
 app.command("judge")(judge_command)
+app.command("calibrate")(calibrate)
 app.command("soak")(soak_command)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -109,12 +111,16 @@ def fake_upstream(
     priced: Annotated[
         bool, typer.Option(help="Accept only catalog-priced models and report usage.cost.")
     ] = True,
+    judge: Annotated[
+        bool, typer.Option(help="Judge mode: grading prompts get a grade per answering model.")
+    ] = False,
 ) -> None:
     """Run the fake OpenRouter-compatible upstream (tests, benchmarks, trying the service)."""
     from switchboard.fake_upstream import catalog_prices, serve
 
     typer.echo(f"fake upstream on http://{host}:{port}/api/v1 (faults: /_control/faults)", err=True)
-    serve(host, port, catalog_prices() if priced else None, log_level="warning")
+    prices = catalog_prices() if priced else None
+    serve(host, port, prices, log_level="warning", judge_grades={} if judge else None)
 
 
 @db_app.command("upgrade")
@@ -130,12 +136,22 @@ def db_upgrade() -> None:
 
 @app.command()
 def train(
+    outcomes: Annotated[
+        Path | None,
+        typer.Option(help="Your graded answers (.jsonl, .csv, .parquet), beside the shipped data."),
+    ] = None,
+    public: Annotated[
+        bool, typer.Option(help="Train on the shipped public data too (--no-public: yours only).")
+    ] = True,
+    install: Annotated[
+        bool, typer.Option(help="Install the new version (it changes every model's scores).")
+    ] = False,
+    router: Annotated[
+        Path | None, typer.Option(help="Router directory to install into (default: the setting).")
+    ] = None,
     learners: Annotated[
         str | None, typer.Option(help="Comma-separated learners to try (default: all).")
     ] = None,
-    output: Annotated[Path, typer.Option(help="Where to write the router.")] = Path(
-        "models/router"
-    ),
     sample: Annotated[
         int | None, typer.Option(help="Use at most this many prompts per source and split.")
     ] = None,
@@ -146,17 +162,35 @@ def train(
         typer.Option(help="all-MiniLM-L6-v2-static (default, fast) or all-MiniLM-L6-v2 (full)."),
     ] = "all-MiniLM-L6-v2-static",
 ) -> None:
-    """Train the learned router on the shipped data, choose its learner on validation, export it,
-    and log the run to MLflow."""
+    """Train a whole router, choosing its learner on validation: a new version under
+    SWITCHBOARD_RUNS_DIR, logged to MLflow, installed into SWITCHBOARD_ROUTER_DIR only with
+    --install."""
     _setup_logging(verbose=True)
-    from training.pipeline import train_and_export
+    from service.catalog import Catalog
+    from service.config import Settings
+    from training.outcomes import OutcomesError
+    from training.pipeline import train_version
 
+    if not public and outcomes is None:
+        fail("--no-public needs --outcomes FILE: there is nothing else to train on")
+    settings = Settings()
     chosen = learners.split(",") if learners else None
     try:
-        summary = train_and_export(
-            output, chosen, sample=sample, seed=seed, log_mlflow=mlflow, embedder=embedder
+        summary = train_version(
+            settings.runs_dir,
+            router or settings.router_dir,
+            Catalog.load(settings.catalog_path),
+            chosen,
+            sample=sample,
+            seed=seed,
+            log_mlflow=mlflow,
+            embedder=embedder,
+            user_file=outcomes,
+            public=public,
+            install=install,
+            aliases_path=settings.aliases_path,
         )
-    except ValueError as error:
+    except (OutcomesError, ValueError) as error:
         fail(str(error))
     typer.echo(json.dumps(summary, indent=1))
 

@@ -27,6 +27,12 @@ first other matching rule (registration order) fires;
 each counts its ``times`` down. Non-streamed requests skip (do not use up) stream-only rules.
 Waits end early when the client disconnects.
 
+Judge mode (``judge_grades``, ``switchboard fake-upstream --judge``), for trying calibration
+offline: every answer names the model that wrote it (``echo[<model>]: ...``), and a grading
+prompt (its last user message ends with ``Grade:`` after an ``Answer:`` block, as
+training/judge.py writes them) is answered with the grade of the model its answer names: the
+configured one, else a stable one from the model id.
+
 ASGI gives no access to the socket, so ``reset`` and ``cut_stream`` rely on ``ResettableProtocol``:
 uvicorn's own HTTP protocol, which also records each connection's transport under its (server,
 client) address pair, the same pair as the ASGI scope's. A reset sets ``SO_LINGER`` to 0 and
@@ -37,6 +43,7 @@ benchmarks) or ``serve`` / ``switchboard fake-upstream --port 9000``, not with p
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import re
@@ -184,8 +191,9 @@ class Fault:
 class UpstreamState:
     """Prices, fault rules and request log of one fake upstream; safe to use from any thread."""
 
-    def __init__(self, prices: Prices | None = None) -> None:
+    def __init__(self, prices: Prices | None = None, judge_grades: dict[str, int] | None = None):
         self.prices = dict(prices) if prices is not None else None
+        self.judge_grades = judge_grades  # None: not in judge mode
         self.lock = threading.Lock()
         self.rules: list[Fault] = []
         self.requests: list[dict[str, Any]] = []
@@ -255,7 +263,35 @@ def _text(content: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
-def _answer(body: dict[str, Any], model: str, gen_id: str, prices: Prices | None) -> _Answer:
+_GRADED = re.compile(r".*Answer:\n(.*)\n\nGrade:\s*$", re.DOTALL)  # the last Answer: block
+_AUTHOR = re.compile(r"echo\[([^\]]+)\]:")
+
+
+def judge_grade(grades: dict[str, int], model: str) -> int:
+    """The grade judge mode gives the answers of ``model``: configured, else stable from its
+    id (0 to 10)."""
+    if model in grades:
+        return grades[model]
+    return int(hashlib.sha256(model.encode()).hexdigest()[:4], 16) % 11
+
+
+def _reply_text(last_user: str, model: str, grades: dict[str, int] | None) -> str:
+    if grades is None:
+        return "echo: " + last_user
+    graded = _GRADED.search(last_user)
+    if graded is not None:
+        author = _AUTHOR.search(graded.group(1))
+        return str(judge_grade(grades, author.group(1)) if author else 5)
+    return f"echo[{model}]: " + last_user
+
+
+def _answer(
+    body: dict[str, Any],
+    model: str,
+    gen_id: str,
+    prices: Prices | None,
+    judge_grades: dict[str, int] | None = None,
+) -> _Answer:
     messages = [m for m in body["messages"] if isinstance(m, dict)]
     prompt_tokens = sum(len(_text(m.get("content")).split()) for m in messages)
     users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
@@ -267,7 +303,7 @@ def _answer(body: dict[str, Any], model: str, gen_id: str, prices: Prices | None
         tool_call = {"id": f"call_{gen_id}", "type": "function", "function": function}
         finish, completion_tokens = "tool_calls", 2  # the name and the arguments
     else:
-        pieces = re.findall(r"\s*\S+", "echo: " + last_user)
+        pieces = re.findall(r"\s*\S+", _reply_text(last_user, model, judge_grades))
         limit = body.get("max_tokens", body.get("max_completion_tokens"))
         if isinstance(limit, int) and len(pieces) > limit:
             pieces, finish = pieces[: max(limit, 0)], "length"
@@ -375,7 +411,7 @@ async def _chat(request: Request) -> ASGIApp:
     if kind == "echo_key" and not stream:
         return _error(502, f"the provider refused the request sent with {credentials}")
     gen_id = state.next_generation_id()
-    answer = _answer(body, model, gen_id, state.prices)
+    answer = _answer(body, model, gen_id, state.prices, state.judge_grades)
     with state.lock:
         entry["billed_usd"] = _billed(answer, model, state.prices, kind)
     if stream:
@@ -467,7 +503,9 @@ async def _control(request: Request) -> JSONResponse:
     return JSONResponse(asdict(rule), status_code=201)
 
 
-def create_fake_upstream(prices: Prices | None = None) -> Starlette:
+def create_fake_upstream(
+    prices: Prices | None = None, judge_grades: dict[str, int] | None = None
+) -> Starlette:
     """Build the fake upstream app; ``prices`` maps model id to USD per (prompt, completion) token.
 
     Without prices every model is accepted and answers carry no cost. The app's
@@ -481,7 +519,7 @@ def create_fake_upstream(prices: Prices | None = None) -> Starlette:
         routes.append(Route(f"{prefix}/chat/completions", _chat, methods=["POST"]))
         routes.append(Route(f"{prefix}/models", _models, methods=["GET"]))
     app = Starlette(routes=routes)
-    app.state.upstream = UpstreamState(prices)
+    app.state.upstream = UpstreamState(prices, judge_grades)
     return app
 
 
@@ -508,8 +546,14 @@ class FakeUpstreamServer:
     ``state`` the ``UpstreamState`` (``state.add_fault(...)`` works in-process too).
     """
 
-    def __init__(self, prices: Prices | None = None, host: str = "127.0.0.1", port: int = 0):
-        self.app = create_fake_upstream(prices)
+    def __init__(
+        self,
+        prices: Prices | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        judge_grades: dict[str, int] | None = None,
+    ):
+        self.app = create_fake_upstream(prices, judge_grades)
         self.state: UpstreamState = self.app.state.upstream
         self.host, self.port = host, port
         self._server: uvicorn.Server | None = None
@@ -561,10 +605,15 @@ class FakeUpstreamServer:
 
 
 def serve(
-    host: str = "127.0.0.1", port: int = 9000, prices: Prices | None = None, log_level: str = "info"
+    host: str = "127.0.0.1",
+    port: int = 9000,
+    prices: Prices | None = None,
+    log_level: str = "info",
+    judge_grades: dict[str, int] | None = None,
 ) -> None:
     """Serve a fake upstream in the foreground until interrupted."""
-    uvicorn.Server(_config(create_fake_upstream(prices), host, port, log_level=log_level)).run()
+    app = create_fake_upstream(prices, judge_grades)
+    uvicorn.Server(_config(app, host, port, log_level=log_level)).run()
 
 
 def catalog_prices(models: list[str] | None = None) -> Prices:

@@ -1,4 +1,4 @@
-"""``switchboard budget ...``, ``switchboard models sync`` and ``switchboard reconcile``: spend
+"""``switchboard budget ...``, ``switchboard breaker ...`` and ``switchboard reconcile``: spend
 controls from the terminal, on the database of ``SWITCHBOARD_DATABASE_URL``."""
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 budget_app = typer.Typer(help="Spend budgets: hard caps, alerts, soft landing, pacing.")
-models_app = typer.Typer(help="The model and price catalog.", no_args_is_help=True)
 breaker_app = typer.Typer(help="Spend-spike breakers.", no_args_is_help=True)
 
 
@@ -159,49 +158,6 @@ def breaker_reset(
     if not on_ledger(lambda ledger, store: reset_breaker(ledger.engine, scope)):
         fail(f"no open spend breaker for {scope}")
     typer.echo(f"closed the spend breaker for {scope}")
-
-
-@models_app.command("sync")
-def models_sync(
-    base_url: Annotated[
-        str | None, typer.Option(help="OpenRouter API base (default: the configured one).")
-    ] = None,
-) -> None:
-    """Refresh the price catalog from OpenRouter's /models (new models added, prices updated,
-    each with the time it was seen)."""
-    from datetime import UTC, datetime
-
-    import httpx
-
-    from service.catalog import Catalog, parse_openrouter_models
-    from service.config import Settings
-
-    settings = Settings()
-    url = (base_url or settings.openrouter_base_url).rstrip("/") + "/models"
-    headers = {}
-    if settings.openrouter_api_key:
-        headers["Authorization"] = f"Bearer {settings.openrouter_api_key.get_secret_value()}"
-    try:
-        response = httpx.get(url, headers=headers, timeout=30)
-        response.raise_for_status()
-        payload = response.json()
-    except (httpx.HTTPError, ValueError) as error:
-        fail(f"could not read {url}: {error}")
-        return
-    seen_at = datetime.now(UTC).isoformat(timespec="seconds")
-    listed = parse_openrouter_models(payload, seen_at)
-    if not listed:
-        fail(f"{url} listed no models")
-    catalog = Catalog.load(settings.catalog_path)
-    report = catalog.merge(listed)
-    catalog.save(settings.catalog_path)
-    typer.echo(
-        f"{len(listed)} models listed at {seen_at}: {len(report['added'])} new, "
-        f"{len(report['repriced'])} repriced, {len(report['seen'])} unchanged; "
-        f"wrote {settings.catalog_path} (restart the service to use it)"
-    )
-    for model_id in report["repriced"]:
-        typer.echo(f"  repriced {model_id}")
 
 
 def reconcile(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -70,21 +71,46 @@ def fake_embedder_registered():
     EMBEDDERS.pop(FakeEmbedder.name, None)
 
 
+def train_small(work: Path, learners: list[str], sample: int, **more) -> dict:
+    """A router version trained on ``sample`` prompts per source and split with the fake
+    embedder, written under ``work``, not installed; the training summary."""
+    from service.catalog import Catalog
+    from service.features import Featurizer
+    from training.pipeline import train_version
+
+    return train_version(
+        work / "runs",
+        work / "installed",
+        Catalog.load(),
+        learners,
+        sample=sample,
+        log_mlflow=False,
+        featurizer=Featurizer(FakeEmbedder()),
+        **more,
+    )
+
+
 @pytest.fixture(scope="session")
 def small_router(tmp_path_factory, fake_embedder_registered):
     """A router trained on a small sample of the shipped data with the fake embedder."""
-    from service.features import Featurizer
-    from training.pipeline import train_and_export
-
-    directory = tmp_path_factory.mktemp("router")
-    summary = train_and_export(
-        directory,
-        ["logistic-regression", "knn"],
-        sample=60,
-        log_mlflow=False,
-        featurizer=Featurizer(FakeEmbedder()),
+    summary = train_small(
+        tmp_path_factory.mktemp("router"), ["factorized", "logistic-regression"], 60
     )
-    return directory, summary
+    return Path(summary["path"]), summary
+
+
+LEFT_OUT = "openai/gpt-4o-mini"  # a served model the open router has never seen
+
+
+@pytest.fixture(scope="session")
+def open_router(tmp_path_factory, fake_embedder_registered):
+    """A factorized router (it can score models it was not fitted on) trained with the fake
+    embedder on a small sample of the shipped data without LEFT_OUT's outcomes."""
+    work = tmp_path_factory.mktemp("open-router")
+    table = datasets.load()
+    table[table["model"] != LEFT_OUT].to_parquet(work / "outcomes.parquet", index=False)
+    summary = train_small(work, ["factorized"], 60, outcomes_path=work / "outcomes.parquet")
+    return Path(summary["path"])
 
 
 @pytest.fixture

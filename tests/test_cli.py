@@ -5,6 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from service.catalog import Catalog
 from service.routing.learned import LearnedRouter
 from switchboard.cli import app
 
@@ -90,7 +91,9 @@ def test_route_prints_every_candidate(small_router, isolated_cache):
     assert result.exit_code == 0, result.output
     decision = json.loads(result.stdout)
     assert decision["model"] in [c["model"] for c in decision["candidates"]]
-    assert len(decision["candidates"]) == len(LearnedRouter.load(directory).models)
+    catalog = Catalog.load()
+    priced = [m for m in LearnedRouter.load(directory).models if catalog.get(m).priced]
+    assert len(decision["candidates"]) == len(priced)
     assert all(0 <= c["p_pass"] <= 1 and c["expected_cost_usd"] > 0 for c in decision["candidates"])
     cheap = invoke("route", "Hi", "--router", directory, "--threshold", "0", "--json")
     chosen = json.loads(cheap.stdout)

@@ -1,4 +1,4 @@
-"""The closed loop, simulated end to end: held-out recorded traffic through the service on the
+"""The closed loop, simulated end to end: recorded traffic through the service on the
 replay upstream (exploring, storing prompts), feedback drawn from the benchmark's grades, an
 off-policy estimate checked against the replayed truth, and retraining cycles whose gate decides
 promotion, picked up by the running service without a restart, and rolled back."""
@@ -18,8 +18,8 @@ from service.routing.learned import LearnedRouter
 from tests.servers import ServiceServer
 from training import datasets
 from training.offpolicy import evaluate_policy, router_policy
-from training.retrain import realized, retrain, rollback
-from training.simulate import held_out_traffic, send
+from training.retrain import realized, retrain, rollback, shared_sets
+from training.simulate import recorded_traffic, send
 from training.traffic import logged_requests, traffic_outcomes
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ def loop(tmp_path_factory):
         upkeep_interval_s=0.5,
     )
     outcomes = datasets.load()
-    prompts, graded = held_out_traffic(outcomes, 400, seed=3)
+    prompts, graded = recorded_traffic(outcomes, 400, seed=3, split="train")
     with ServiceServer(settings) as service:
         key = service.create_key("simulated")
         served = send(service.url, key, prompts, graded, rate=True)
@@ -108,7 +108,7 @@ def test_a_retraining_cycle_promotes_only_through_the_gate(loop, monkeypatch):
     assert report["promoted"] == gate["passed"]
     assert (now_served.version != old.version) == report["promoted"]
     # on held-out data, what serves now is at least as good as before: the gate's promise
-    sets = _test_sets(old)
+    sets = shared_sets([old, now_served], _test_sets(old))
     q_old, c_old = realized(old, sets, old.bar)
     q_now, c_now = realized(now_served, sets, now_served.bar)
     assert q_now.mean() >= q_old.mean() - gate["margin"] - 0.02
@@ -139,7 +139,7 @@ def test_promotion_is_picked_up_live_and_rollback_restores_the_old_champion(loop
     new_version = report["challenger"]["version"]
     wait_for(lambda: version_served(service, auth, prompts[0]) == new_version)  # no restart
     restored = rollback(settings.router_dir)
-    assert restored["champion_version"] == report["mlflow"]["replaced_version"]
+    assert restored["champion_version"] == report["install"]["replaced"]
     wait_for(lambda: version_served(service, auth, prompts[0]) == expensive.version)
 
 

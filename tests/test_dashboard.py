@@ -201,6 +201,11 @@ def test_every_page_shows_the_seeded_numbers_without_errors(seeded, browser, sho
     assert tab.chart_drawn("chart-mix") and tab.chart_drawn("chart-curve")
     mix = api(service, keys["acme"], "/v1/analytics/mix")["data"]
     assert mix[0]["model"] in tab.text("table-mix")
+    models = api(service, keys["acme"], "/v1/models")["data"]
+    scored = [m for m in models if m["switchboard"].get("routable")]
+    shown = tab.text("table-models")
+    assert scored and all(m["id"] in shown for m in scored)
+    assert str(scored[0]["switchboard"]["graded_prompts"]) in shown
     tab.shot("routing")
 
     tab.open("/dashboard/quality")

@@ -14,17 +14,17 @@ def store(tmp_path, monkeypatch):
     return uri
 
 
-def test_runs_are_logged_registered_and_promoted_only_when_earned(small_router, store):
+def test_runs_are_logged_registered_and_promoted_only_when_installed(small_router, store, tmp_path):
     directory, _ = small_router
     router = LearnedRouter.load(directory)
     artifacts = [directory / "MODEL_CARD.md"]
     first = tracking.log_training(
-        router, directory, artifacts, {"bar": 0.5}, datasets.OUTCOMES_PATH, champion=True
+        router, directory, artifacts, {"bar": 0.5}, datasets.OUTCOMES_PATH
     )
-    assert tracking.champion_version() == first["model_version"] == "1"
-    second = tracking.log_training(
-        router, directory, artifacts, {"bar": 0.5}, datasets.OUTCOMES_PATH, champion=False
-    )
+    assert first["model_version"] == "1" and tracking.champion_version() is None
+    assert tracking.promote(first["model_version"], tmp_path / "nothing-installed") is None
+    assert tracking.champion_version() == "1"
+    second = tracking.log_training(router, directory, artifacts, {"bar": 0.5}, None)
     assert second["model_version"] == "2"
     assert tracking.champion_version() == "1"
 
@@ -40,7 +40,8 @@ def test_runs_are_logged_registered_and_promoted_only_when_earned(small_router, 
 def test_the_champion_loads_as_a_pyfunc_model_and_scores_prompts(small_router, store):
     directory, _ = small_router
     router = LearnedRouter.load(directory)
-    tracking.log_training(router, directory, [], {}, datasets.OUTCOMES_PATH, champion=True)
+    logged = tracking.log_training(router, directory, [], {}, datasets.OUTCOMES_PATH)
+    tracking.promote(logged["model_version"], directory)
     model = mlflow.pyfunc.load_model(f"models:/{tracking.REGISTERED_MODEL}@champion")
     scores = model.predict(["What is 2+2?", "Write a sorting function."])
     assert list(scores.columns) == router.models and len(scores) == 2

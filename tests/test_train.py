@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 
+from service.catalog import Catalog
 from service.routing.learned import LearnedRouter
 from training.evaluate import THRESHOLDS
 from training.learners import LEARNERS
@@ -21,6 +22,11 @@ def test_each_source_routes_among_the_models_it_evaluated(outcomes):
     assert len(evaluation_models(outcomes, "routerbench-subset")) == 11
     assert len(evaluation_models(outcomes, "llmrouter")) == 9  # the NQ-only models are left out
     assert len(evaluation_models(outcomes, "routerarena")) == 2
+    # zeroeval's routing set: priced models graded on every prompt, o1 (hidden reasoning) out
+    catalog = Catalog.load()
+    routed = evaluation_models(outcomes, "zeroeval", catalog)
+    assert len(routed) >= 20 and not any("o1-" in m for m in routed)
+    assert all(catalog.get(m).priced for m in routed)
 
 
 def test_training_chooses_on_validation_and_exports_a_complete_router(small_router):
@@ -38,7 +44,14 @@ def test_training_chooses_on_validation_and_exports_a_complete_router(small_rout
     assert summary["learner"] == within[0]
     assert meta["learner"] == summary["learner"]
     assert meta["data_sha256"] and meta["code_version"]
-    assert set(meta["test"]["sources"]) == {"routerbench-subset", "llmrouter", "routerarena"}
+    assert set(meta["test"]["sources"]) == {
+        "routerbench-subset",
+        "llmrouter",
+        "routerarena",
+        "zeroeval",
+    }
+    assert meta["kind"] == "train" and meta["version"] == summary["version"]
+    assert directory.parent.name == "runs" and directory.name == summary["version"]
     card = (directory / "MODEL_CARD.md").read_text()
     assert summary["learner"] in card and "Test split" in card
     assert (directory / "test-calibration.png").stat().st_size > 0

@@ -22,7 +22,7 @@ import httpx
 from switchboard.service_process import ServiceProcess
 from training import datasets
 from training.report import decision_table
-from training.simulate import SOURCE, Served, best_single_model, held_out_traffic, send
+from training.simulate import SOURCE, Served, best_single_model, recorded_traffic, send
 from training.train import DEFAULT_BAR
 
 PROMPTS = 300
@@ -74,7 +74,7 @@ class DemoResult:
 
 def run_demo(echo: Callable[[str], None]) -> DemoResult:
     outcomes = datasets.load()
-    prompts, graded = held_out_traffic(outcomes, PROMPTS, SEED)
+    prompts, graded = recorded_traffic(outcomes, PROMPTS, SEED)
     reference = best_single_model(graded)
     admin_key = "sb-admin-" + secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="switchboard-demo-") as tmp:

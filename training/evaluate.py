@@ -56,6 +56,17 @@ class RoutingTable:
     def score(self, bar: float, metric: str) -> np.ndarray:
         return (self.quality >= bar).astype(float) if metric == "passed" else self.quality
 
+    def restricted(self, models: Sequence[str]) -> RoutingTable:
+        """The same prompts, routed among ``models`` only."""
+        columns = [self.models.index(m) for m in models]
+        return replace(
+            self,
+            models=list(models),
+            quality=self.quality[:, columns],
+            cost_usd=self.cost_usd[:, columns],
+            expected_cost_usd=self.expected_cost_usd[:, columns],
+        )
+
 
 def routing_table(outcomes: pd.DataFrame, models: Sequence[str], catalog: Catalog) -> RoutingTable:
     """Pivot outcomes to prompts x ``models``; keep prompts that have an outcome for every model.

@@ -28,6 +28,17 @@ RUBRIC = (
 SCORE = re.compile(r"\b(10|[0-9])\b")
 
 
+def grading_messages(
+    prompt: str, answer: str, reference: str | None = None
+) -> list[dict[str, str]]:
+    """The judge's conversation for one answer (with a reference answer to compare, if any)."""
+    question = f"Request:\n{prompt}\n\n"
+    if reference is not None:
+        question += f"Reference answer (from a strong model):\n{reference}\n\n"
+    question += f"Answer:\n{answer}\n\nGrade:"
+    return [{"role": "system", "content": RUBRIC}, {"role": "user", "content": question}]
+
+
 def parse_grade(reply: str) -> float | None:
     """The last integer 0-10 in the judge's reply, as a score in [0, 1]."""
     found = SCORE.findall(reply or "")
@@ -73,15 +84,11 @@ def grade(
     auth = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=service_url, headers=auth, timeout=120) as client:
         for row in to_grade(database_url, share, since, limit):
-            question = f"Request:\n{row['prompt']}\n\nAnswer:\n{row['response']}\n\nGrade:"
             response = client.post(
                 "/v1/chat/completions",
                 json={
                     "model": model,
-                    "messages": [
-                        {"role": "system", "content": RUBRIC},
-                        {"role": "user", "content": question},
-                    ],
+                    "messages": grading_messages(row["prompt"], row["response"]),
                     "max_tokens": 16,
                     "temperature": 0,
                 },

@@ -16,6 +16,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from service.routing.factorized import FactorizedScorer
 from service.routing.learned import (
     ClusterScorer,
     JointScorer,
@@ -31,6 +32,11 @@ CALIBRATION_FOLDS = 3
 def _embedding_only(dim: int) -> ColumnTransformer:
     """Keep the embedding columns: cosine neighbours should not be pulled by text features."""
     return ColumnTransformer([("embedding", "passthrough", slice(0, dim))])
+
+
+def factorized(embedding_dim: int, seed: int) -> Any:
+    """One scorer for every model, the only one that can onboard a model it was not fitted on."""
+    return FactorizedScorer(rank=8, ability_l2=1e-3, projection_l2=1e-4, seed=seed)
 
 
 def logistic_regression(embedding_dim: int, seed: int) -> Any:
@@ -92,6 +98,7 @@ def joint_gradient_boosting(embedding_dim: int, seed: int) -> Any:
 
 
 LEARNERS: dict[str, Callable[[int, int], Any]] = {
+    "factorized": factorized,
     "logistic-regression": logistic_regression,
     "prompt-clusters": prompt_clusters,
     "knn": nearest_neighbours,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from service.catalog import canonical_model_id
+from service.catalog import Catalog, canonical_model_id
 from training.prompts import prompt_id
 
 REQUIRED = ["prompt", "model", "quality"]
@@ -71,8 +71,38 @@ def _number(value: object) -> float | None:
     return None if math.isnan(number) else number
 
 
-def read_outcomes(path: Path | str) -> pd.DataFrame:
-    """The validated outcomes of ``path``, one row per record, models as OpenRouter ids."""
+def load_aliases(path: Path | None) -> dict[str, str]:
+    """A user's alias file (``SWITCHBOARD_ALIASES_PATH``): a JSON object of model names to
+    OpenRouter ids, used beside the built-in table."""
+    if path is None:
+        return {}
+    try:
+        aliases = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise OutcomesError(f"{path}: cannot be read as a JSON alias file: {error}") from None
+    if not isinstance(aliases, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()
+    ):
+        raise OutcomesError(f'{path}: expected a JSON object {{"your name": "vendor/model"}}')
+    return aliases
+
+
+def check_models(table: pd.DataFrame, catalog: Catalog, path: Path | str) -> None:
+    """OutcomesError naming the file's models that map to no catalog id, and how to fix it."""
+    unknown = sorted(m for m in table["model"].unique() if m not in catalog)
+    if unknown:
+        raise OutcomesError(
+            f"{path}: {len(unknown)} model(s) with no catalog entry and no alias: "
+            f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}. Name models by "
+            "their OpenRouter id (GET /v1/models lists them), or map your names to them in a "
+            'JSON alias file {"your name": "vendor/model"} named by SWITCHBOARD_ALIASES_PATH'
+        )
+
+
+def read_outcomes(path: Path | str, aliases: dict[str, str] | None = None) -> pd.DataFrame:
+    """The validated outcomes of ``path``, one row per record, models as OpenRouter ids (through
+    ``aliases``, then the built-in alias table)."""
+    aliases = aliases or {}
     path = Path(path)
     if not path.exists():
         raise OutcomesError(f"{path}: no such file")
@@ -108,7 +138,8 @@ def read_outcomes(path: Path | str) -> pd.DataFrame:
             if value is not None and value < 0:
                 raise OutcomesError(f"{where}, column {column!r}: {value!r} is negative")
         rows["prompt"].append(prompt)
-        rows["model"].append(canonical_model_id(model.strip()))
+        name = model.strip()
+        rows["model"].append(canonical_model_id(aliases.get(name, name)))
         for column in NUMERIC:
             rows[column].append(numbers[column])
         given_id = record.get("prompt_id")

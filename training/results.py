@@ -14,7 +14,7 @@ from service.config import REPO_ROOT
 from service.routing.learned import LearnedRouter
 from training import datasets, metrics, plots
 from training.evaluate import Evaluation, evaluate, routing_table, with_answer_lengths
-from training.pipeline import DEFAULT_ROUTER_DIR, cached_featurizer, load_router
+from training.pipeline import SHIPPED_ROUTER_DIR, cached_featurizer, load_router
 from training.train import SHIPPED_SOURCES, evaluation_sets, score_sets
 
 log = logging.getLogger(__name__)
@@ -176,4 +176,4 @@ def write_results(output: Path, router_dir: Path | None = None) -> None:
 
 
 if __name__ == "__main__":
-    write_results(REPO_ROOT / "docs" / "RESULTS.md", DEFAULT_ROUTER_DIR)
+    write_results(REPO_ROOT / "docs" / "RESULTS.md", SHIPPED_ROUTER_DIR)

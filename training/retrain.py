@@ -17,9 +17,8 @@ that confidence. ``rollback`` points ``champion`` back at the version it replace
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,11 @@ import pandas as pd
 from service.catalog import Catalog
 from service.routing.decision import choose
 from service.routing.learned import LearnedRouter
-from training import datasets
+from training import datasets, versions
 from training.offpolicy import evaluate_logged, heuristic_policy, logged_policy, router_policy
+from training.onboard import ONBOARDED, kept
 from training.pipeline import cached_featurizer, sample_outcomes
-from training.traffic import TRAFFIC_SOURCE, logged_requests, traffic_outcomes
+from training.traffic import TRAFFIC_SOURCE, held_out_removed, logged_requests, traffic_outcomes
 from training.train import SHIPPED_SOURCES, SourceEvaluation, score_sets, summary, train
 
 log = logging.getLogger("switchboard.retrain")
@@ -69,6 +69,19 @@ def realized(
         passed.append(data.table.score(bar, "passed")[rows, column])
         cost.append(data.table.cost_usd[rows, column])
     return np.concatenate(passed), np.concatenate(cost)
+
+
+def shared_sets(
+    routers: list[LearnedRouter], sets: list[SourceEvaluation]
+) -> list[SourceEvaluation]:
+    """The evaluation sets restricted to the models every router can score (an older champion
+    may not know a source's newer models), so that routers are compared on one choice."""
+    shared = []
+    for data in sets:
+        models = [m for m in data.models if all(r.open or m in r.models for r in routers)]
+        if len(models) >= 2:
+            shared.append(replace(data, models=models, table=data.table.restricted(models)))
+    return shared
 
 
 def gate(
@@ -119,24 +132,10 @@ def snapshot(outcomes: pd.DataFrame, directory: Path = SNAPSHOTS) -> tuple[Path,
     return path, digest
 
 
-def replace_dir(source: Path, target: Path) -> None:
-    """Put a copy of ``source`` at ``target``; readers see the old or the new, never a mix of
-    files (a reader between the two renames finds nothing and retries later)."""
-    staging = target.with_name(target.name + ".incoming")
-    retired = target.with_name(target.name + ".outgoing")
-    for leftover in (staging, retired):
-        shutil.rmtree(leftover, ignore_errors=True)
-    shutil.copytree(source, staging)
-    if target.exists():
-        target.rename(retired)
-    staging.rename(target)
-    shutil.rmtree(retired, ignore_errors=True)
-
-
 def retrain(
     database_url: str,
     router_dir: Path,
-    output: Path,
+    runs_dir: Path,
     since: datetime | None = None,
     learners: list[str] | None = None,
     sample: int | None = None,
@@ -147,34 +146,42 @@ def retrain(
     log_mlflow: bool = True,
     snapshot_dir: Path = SNAPSHOTS,
 ) -> dict[str, Any]:
-    logged = logged_requests(database_url, since)
-    traffic = traffic_outcomes(logged)
+    logged = logged_requests(database_url, since)  # auto-routed: off-policy estimates
+    traffic = held_out_removed(
+        traffic_outcomes(logged_requests(database_url, since, auto_only=False)),
+        datasets.load(),
+    )
+    onboarded = kept(snapshot_dir)  # models onboarded from graded answers stay in the router
     public = datasets.load()
     if sample:
         public = sample_outcomes(public, sample)
-    combined = pd.concat([public, traffic], ignore_index=True) if len(traffic) else public
+    parts = [t for t in (public, traffic, onboarded) if len(t)]
+    combined = pd.concat(parts, ignore_index=True)
     snapshot_path, digest = snapshot(combined, snapshot_dir)
     champion = LearnedRouter.load(router_dir)
     featurizer = cached_featurizer(champion.embedder_name)
     catalog = Catalog.load()
     extra = [TRAFFIC_SOURCE] if len(traffic) else []
+    extra += [ONBOARDED] if len(onboarded) else []
     result = train(
         combined, featurizer, catalog, learners, SHIPPED_SOURCES, seed=seed,
         extra_training_sources=extra,
     )  # fmt: skip
     challenger = result.router
     challenger.metadata["snapshot_sha256"] = digest
-    challenger.save(output)
-    evaluations, probabilities = score_sets(champion, result.test_sets, champion.bar)
-    decision = gate(champion, challenger, result.test_sets, margin, confidence, seed)
+    written = versions.write(challenger, "retrain", runs_dir, log_mlflow=False)
+    held_out = shared_sets([champion, challenger], result.test_sets)
+    evaluations, probabilities = score_sets(champion, held_out, champion.bar)
+    decision = gate(champion, challenger, held_out, margin, confidence, seed)
     report: dict[str, Any] = {
         "snapshot": str(snapshot_path),
         "snapshot_sha256": digest,
         "logged_requests": len(logged),
         "traffic_outcomes": len(traffic),
+        "onboarded_outcomes": len(onboarded),
         "champion": {
             "version": champion.version,
-            "test": summary(evaluations, result.test_sets, probabilities),
+            "test": summary(evaluations, held_out, probabilities),
         },
         "challenger": {
             "version": challenger.version,
@@ -185,14 +192,14 @@ def retrain(
     }
     report["off_policy"] = _off_policy(logged, champion, challenger)
     promoted = promote and decision.passed
+    report["challenger"]["path"] = str(written.path)
     if log_mlflow:
         from training import tracking
 
-        report["mlflow"] = tracking.log_retraining(
-            challenger, output, champion, router_dir, report, promoted
-        )
+        written.mlflow = tracking.log_retraining(challenger, written.path, champion, report)
+        report["mlflow"] = written.mlflow
     if promoted:
-        replace_dir(output, router_dir)
+        report["install"] = versions.install(written, router_dir)
     report["promoted"] = promoted
     return report
 
@@ -220,5 +227,5 @@ def rollback(router_dir: Path) -> dict[str, str]:
 
     with tempfile.TemporaryDirectory() as tmp:
         restored = tracking.restore_previous_champion(Path(tmp))
-        replace_dir(restored["router_dir"], router_dir)
+        versions.replace_dir(restored["router_dir"], router_dir)
     return {k: str(v) for k, v in restored.items() if k != "router_dir"}

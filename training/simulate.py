@@ -27,12 +27,14 @@ class Served:
     quality: float  # the benchmark's grade of the answer that was served
 
 
-def held_out_traffic(
-    outcomes: pd.DataFrame, n: int, seed: int = 0, source: str = SOURCE
+def recorded_traffic(
+    outcomes: pd.DataFrame, n: int, seed: int = 0, source: str = SOURCE, split: str = "test"
 ) -> tuple[list[str], pd.DataFrame]:
-    """``n`` test prompts of ``source`` that every model answered, and their graded outcomes
-    indexed by (prompt_id, model)."""
-    test = outcomes[(outcomes["source"] == source) & (outcomes["split"] == "test")]
+    """``n`` prompts of ``source``'s ``split`` that every model answered, and their graded
+    outcomes indexed by (prompt_id, model). Held-out (test) prompts to measure a router on;
+    training prompts for traffic that is to become training data (retraining leaves out
+    traffic on held-out prompts)."""
+    test = outcomes[(outcomes["source"] == source) & (outcomes["split"] == split)]
     answered = test[test["response"].fillna("").str.strip().ne("")]
     per_prompt = answered.groupby("prompt_id")["model"].nunique()
     complete = per_prompt[per_prompt == test["model"].nunique()].index.to_series()

@@ -2,9 +2,9 @@
 
 The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else a local SQLite store ``mlflow.db`` at
 the repository root (``mlflow ui`` started there shows it). Every run logs parameters, dataset
-hashes, the git commit, metrics, plots and the model card, and registers the router as
-``switchboard-router``; the alias ``champion`` moves to it only when it beats the heuristic on
-validation.
+hashes, the git commit, metrics, plots and the model card, and registers the router as a
+version of ``switchboard-router``. The alias ``champion`` moves only when a version is installed
+(``promote``, called by training.versions.install), ``previous-champion`` to the one it replaced.
 """
 
 from __future__ import annotations
@@ -92,34 +92,53 @@ def log_training(
     router_dir: Path,
     artifacts: list[Path],
     params: dict[str, Any],
-    outcomes_path: Path,
-    champion: bool,
+    outcomes_path: Path | None,
 ) -> dict[str, str]:
-    """Log one training run, register the router, and move ``champion`` when it earned it."""
+    """Log one training run (or onboarding) and register the router as a new version; the
+    ``champion`` alias does not move (installing a version does)."""
     _use_experiment()
     meta = router.metadata
-    with mlflow.start_run(run_name=f"train-{router.version}") as run:
+    with mlflow.start_run(run_name=f"{meta.get('kind', 'train')}-{router.version}") as run:
         mlflow.log_params({**params, "default_threshold": router.default_threshold})
-        mlflow.set_tags(
-            {
-                "code_version": meta.get("code_version", "unknown"),
-                "outcomes_table_sha256": meta.get("data_sha256", ""),
-                "outcomes_file_sha256": file_sha256(outcomes_path),
-                "router_version": router.version,
-                "learner": meta.get("learner", ""),
-            }
-        )
+        tags = {
+            "code_version": meta.get("code_version", "unknown"),
+            "outcomes_table_sha256": meta.get("data_sha256", ""),
+            "router_version": router.version,
+            "learner": meta.get("learner", ""),
+            "kind": meta.get("kind", "train"),
+        }
+        if outcomes_path is not None:
+            tags["outcomes_file_sha256"] = file_sha256(outcomes_path)
+        mlflow.set_tags(tags)
         for name, summary in meta.get("validation", {}).items():
             mlflow.log_metrics(_flatten(f"val.{name}.", summary))
         mlflow.log_metrics(_flatten("test.", meta.get("test", {})))
-        mlflow.log_metric("beats_heuristic_on_validation", float(champion))
+        if "beats_heuristic_on_validation" in meta:
+            mlflow.log_metric(
+                "beats_heuristic_on_validation", float(meta["beats_heuristic_on_validation"])
+            )
         for path in artifacts:
             mlflow.log_artifact(str(path))
         version = _log_router(router_dir)
-    client = mlflow.MlflowClient()
-    if champion:
-        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
     return {"run_id": run.info.run_id, "model_version": version, "tracking_uri": tracking_uri()}
+
+
+def promote(version: str, installed_dir: Path) -> str | None:
+    """Move ``champion`` to registered ``version`` and ``previous-champion`` to the version it
+    replaces: the router installed in ``installed_dir``, registered first if no version holds
+    it (a router shipped in the repository, say), so that rollback can return to it. Returns
+    the replaced version."""
+    _use_experiment()
+    client = mlflow.MlflowClient()
+    current = champion_version()
+    if (installed_dir / "router.json").exists():
+        installed = LearnedRouter.load(installed_dir)
+        if current is None or _version_of_router(client, current) != installed.version:
+            current = _register(installed, installed_dir, f"champion-{installed.version}")
+    if current is not None and current != version:
+        client.set_registered_model_alias(REGISTERED_MODEL, PREVIOUS, current)
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+    return current
 
 
 def champion_version() -> str | None:
@@ -145,22 +164,11 @@ def _version_of_router(client: Any, version: str) -> str | None:
 
 
 def log_retraining(
-    challenger: LearnedRouter,
-    challenger_dir: Path,
-    champion: LearnedRouter,
-    champion_dir: Path,
-    report: dict[str, Any],
-    promote: bool,
+    challenger: LearnedRouter, challenger_dir: Path, champion: LearnedRouter, report: dict[str, Any]
 ) -> dict[str, str]:
-    """Log a retraining cycle (gate, test metrics of both routers, off-policy estimates),
-    register the challenger, and when promoted move ``champion`` to it (and
-    ``previous-champion`` to the version it replaces, registering that one first if needed)."""
+    """Log a retraining cycle (gate, test metrics of both routers, off-policy estimates) and
+    register the challenger (installing it, if the gate passed, is the caller's)."""
     _use_experiment()
-    client = mlflow.MlflowClient()
-    current = champion_version()
-    if current is None or _version_of_router(client, current) != champion.version:
-        current = _register(champion, champion_dir, f"champion-{champion.version}")
-        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, current)
     gate = report["gate"]
     with mlflow.start_run(run_name=f"retrain-{challenger.version}") as run:
         mlflow.log_params(
@@ -186,10 +194,7 @@ def log_retraining(
         mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # drop NaN
         mlflow.log_dict(report, "retrain-report.json")
         version = _log_router(challenger_dir)
-    if promote:
-        client.set_registered_model_alias(REGISTERED_MODEL, PREVIOUS, current)
-        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
-    return {"run_id": run.info.run_id, "model_version": version, "replaced_version": current}
+    return {"run_id": run.info.run_id, "model_version": version}
 
 
 def restore_previous_champion(into: Path) -> dict[str, Any]:

@@ -25,16 +25,20 @@ TRAFFIC_SOURCE = "traffic"
 TEST_SHARE, VAL_SHARE = 0.15, 0.15
 
 
-def logged_requests(database_url: str, since: datetime | None = None) -> pd.DataFrame:
-    """One row per usable auto-routed request, with ``quality`` (mean feedback, or NaN)."""
+def logged_requests(
+    database_url: str, since: datetime | None = None, auto_only: bool = True
+) -> pd.DataFrame:
+    """One row per usable auto-routed request, with ``quality`` (mean feedback, or NaN); with
+    ``auto_only`` off, answered requests that named their model too (training data from
+    pass-through traffic: no propensities, so never for off-policy estimates)."""
     upgrade(database_url)  # a fresh database has no tables yet
     engine = sa.create_engine(to_sync_url(database_url))
-    where = (
-        (requests.c.status == "ok")
-        & (requests.c.requested_model.is_(None) | (requests.c.requested_model == AUTO_MODEL))
-        & requests.c.candidates.is_not(None)
-        & requests.c.served_model.is_not(None)
-    )
+    auto = requests.c.requested_model.is_(None) | (requests.c.requested_model == AUTO_MODEL)
+    where = (requests.c.status == "ok") & requests.c.served_model.is_not(None)
+    if auto_only:
+        where = where & auto & requests.c.candidates.is_not(None)
+    else:
+        where = where & (requests.c.endpoint == "chat.completions")
     if since is not None:
         where = where & (requests.c.created_at >= since)
     query = sa.select(
@@ -68,6 +72,8 @@ def logged_requests(database_url: str, since: datetime | None = None) -> pd.Data
         rows["quality"] = float("nan")
     else:
         rows = rows.merge(rated.rename(columns={"request_id": "id"}), on="id", how="left")
+    if not auto_only:
+        return rows.reset_index(drop=True)
     # a fallback served another model than the chosen one: its propensity is not known
     return rows[rows["served_model"] == rows["chosen_model"]].reset_index(drop=True)
 
@@ -112,3 +118,12 @@ def traffic_outcomes(logged: pd.DataFrame) -> pd.DataFrame:
         | {"quality": "mean", "cost_usd": "mean"}
     )
     return grouped[columns]
+
+
+def held_out_removed(traffic: pd.DataFrame, public: pd.DataFrame) -> pd.DataFrame:
+    """Traffic rows whose prompt (by normalized text) is in no public held-out set (validation
+    or test): a choice or a gate must not reward memorized held-out prompts."""
+    if traffic.empty:
+        return traffic
+    held_out = set(public.loc[public["split"].isin(["val", "test"]), "prompt_id"])
+    return traffic[~traffic["prompt_id"].isin(held_out)].reset_index(drop=True)

@@ -25,8 +25,10 @@ from tqdm.auto import tqdm
 from service.catalog import Catalog
 from service.features import Featurizer
 from service.routing.learned import AnswerLengths, LearnedRouter
+from service.routing.priors import AbilityPrior, covariates
 from service.tokens import estimate_tokens
 from training import datasets, metrics
+from training.capabilities import arena_ratings
 from training.evaluate import (
     THRESHOLDS,
     Evaluation,
@@ -37,13 +39,15 @@ from training.evaluate import (
 )
 from training.learners import LEARNERS
 from training.provenance import code_version
+from training.sources.zeroeval import UNKNOWN_COST
 
 log = logging.getLogger(__name__)
 
-SHIPPED_SOURCES = ["routerbench-subset", "llmrouter", "routerarena"]
+SHIPPED_SOURCES = ["routerbench-subset", "llmrouter", "routerarena", "zeroeval"]
 DEFAULT_BAR = 0.5
 TARGET_SHARE_OF_BEST = 0.95
 BOOTSTRAP_REPLICATES = 200
+EVALUATED_SHARE = 0.9  # of a source's prompts, for a model to be in its routing set
 
 
 @dataclass
@@ -89,11 +93,18 @@ def training_data(
     )
 
 
-def evaluation_models(outcomes: pd.DataFrame, source: str) -> list[str]:
-    """The models a source evaluated on at least half of its prompts: its routing set."""
+def evaluation_models(
+    outcomes: pd.DataFrame, source: str, catalog: Catalog | None = None
+) -> list[str]:
+    """The models a source evaluated on at least 90 % of its prompts: its routing set; with
+    ``catalog``, only those with a price (a cost to route on) that the data does not
+    understate (``zeroeval.UNKNOWN_COST``)."""
     rows = outcomes[outcomes["source"] == source]
     share = rows.groupby("model")["prompt_id"].nunique() / rows["prompt_id"].nunique()
-    return sorted(share.index[share >= 0.5])
+    models = sorted(share.index[share >= EVALUATED_SHARE])
+    if catalog is None:
+        return models
+    return [m for m in models if m in catalog and catalog.get(m).priced and m not in UNKNOWN_COST]
 
 
 @dataclass
@@ -121,7 +132,7 @@ def evaluation_sets(
         rows = outcomes[(outcomes["split"] == split) & (outcomes["source"] == source)]
         if rows.empty:
             continue
-        models = evaluation_models(outcomes, source)
+        models = evaluation_models(outcomes, source, catalog)
         table = routing_table(rows, models, catalog)
         features = featurizer.transform(table.prompts)
         table = with_answer_lengths(table, features, answer_lengths, catalog)
@@ -263,6 +274,22 @@ class TrainResult:
         return bool(val["mean_aiq"] > val["mean_heuristic_aiq"])
 
 
+def fit_prior(
+    scorer: Any, models: Sequence[str], catalog: Catalog
+) -> tuple[AbilityPrior | None, dict[str, float]]:
+    """The prior of models without graded answers (service.routing.priors), fitted on the
+    abilities of the scorer's models weighted by their graded prompts; None for a scorer that
+    cannot score new models."""
+    if not hasattr(scorer, "abilities_"):
+        return None, {}
+    ratings = arena_ratings(datasets.RAW_DIR, catalog)
+    rows = np.vstack([covariates(m, catalog, ratings) for m in models])
+    prior = AbilityPrior().fit(
+        rows, scorer.abilities_, scorer.offsets_, np.sqrt(scorer.graded_prompts_)
+    )
+    return prior, ratings
+
+
 def _fit(learner: str, data: TrainingData, X: np.ndarray, seed: int, embedding_dim: int) -> Any:
     scorer = LEARNERS[learner](embedding_dim, seed)
     return scorer.fit(X, data.prompt_index, data.model_index, data.passed)
@@ -334,9 +361,11 @@ def train(
         "seed": seed,
     }
     lengths = fit_answer_lengths(full, X_full)
+    prior, ratings = fit_prior(scorer, full.models, catalog)
     router = LearnedRouter(
-        scorer, full.models, featurizer.embedder.name, bar, threshold, metadata, lengths
-    )
+        scorer, full.models, featurizer.embedder.name, bar, threshold, metadata, lengths, prior,
+        ratings,
+    )  # fmt: skip
     test_sets = evaluation_sets(outcomes, "test", sources, featurizer, catalog, lengths)
     test_evaluations, test_probabilities = score_sets(router, test_sets, bar)
     result = TrainResult(

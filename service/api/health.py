@@ -1,4 +1,5 @@
-"""GET /healthz (alive), /readyz (database and router ready), /metrics (Prometheus)."""
+"""GET /healthz (alive), /readyz (database and router ready; which upstream and router serve),
+/metrics (Prometheus)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,15 @@ async def readyz(request: Request) -> JSONResponse:
     except Exception:  # any driver error means not ready
         checks["database"] = False
     ready = all(checks.values()) and not state.shutting_down
-    return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks},
-        status_code=200 if ready else 503,
-    )
+    body = {
+        "status": "ready" if ready else "not ready",
+        "checks": checks,
+        # which upstream answers (replay answers recorded prompts only), and which router
+        "upstream": state.settings.upstream,
+        "providers": [p.name for p in state.gateway.providers],
+        "router_version": state.gateway.router.version,
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics")

@@ -46,6 +46,7 @@ async def route(request: Request) -> dict[str, Any]:
         "spend_control": record.spend_control,
         "fallback_order": order,
         "candidates": record.candidates,
+        "left_out": record.left_out or [],
     }
 
 
@@ -58,7 +59,8 @@ async def models(request: Request) -> dict[str, Any]:
     """The catalog in OpenAI list shape with OpenRouter-style pricing (USD per token)."""
     state = request.app.state
     await authenticate(request)
-    routable = set(state.gateway.router.models)
+    gateway = state.gateway
+    routable = set(gateway.router.models)
     data: list[dict[str, Any]] = [
         {
             "id": AUTO_MODEL,
@@ -86,8 +88,13 @@ async def models(request: Request) -> dict[str, Any]:
                     "request": _price(info.request_usd),
                 },
                 "switchboard": {
+                    # a candidate of switchboard/auto (scored from graded answers), or
+                    # routable when allowed_models names it (on its prior, if not calibrated)
                     "routable": info.id in routable,
-                    "served": state.gateway.provider_for(info.id) is not None,
+                    "graded_prompts": gateway.router.graded_prompts(info.id),
+                    "calibrated": gateway.calibrated(info.id),
+                    "served": gateway.provider_for(info.id) is not None,
+                    "not_served_because": gateway.availability.unavailable(info.id),
                     "price_source": info.price_source,
                     "price_seen_at": info.price_seen_at,
                 },

@@ -171,13 +171,27 @@ async function spendPage() {
   ], Object.entries(tenants)));
 }
 
+function modelsSection(models) {
+  // the router's models (scored from graded answers): calibrated or not, served now or not
+  const scored = models.data.filter((m) => m.switchboard && m.switchboard.routable);
+  main.append(el("h2", { text: "Models the router scores" }));
+  main.append(table("table-models", [
+    ["model", (m) => m.id],
+    ["graded prompts", (m) => num(m.switchboard.graded_prompts), "num"],
+    ["calibrated", (m) => (m.switchboard.calibrated ? "yes" : "no: explores and falls back only")],
+    ["served now", (m) => (m.switchboard.not_served_because ? "no: " + m.switchboard.not_served_because
+      : m.switchboard.served ? "yes" : "no configured upstream")],
+  ], scored));
+}
+
 async function routing() {
   main.append(el("h1", { text: "Routing" }));
-  const [mix, curve] = await Promise.all([
-    api("/v1/analytics/mix", range()), api("/v1/analytics/curve", range()),
+  const [mix, curve, models] = await Promise.all([
+    api("/v1/analytics/mix", range()), api("/v1/analytics/curve", range()), api("/v1/models"),
   ]);
   if (!mix.data.length) {
     main.append(empty("empty-mix", "No answered requests in this range."));
+    modelsSection(models);
     return;
   }
   chart("chart-mix", [{
@@ -194,6 +208,7 @@ async function routing() {
       y: curve.data.map((p) => p.expected_pass_rate), text: curve.data.map((p) => "threshold " + p.threshold),
     }], { xaxis: { title: { text: "expected cost per request (USD)" } }, yaxis: { title: { text: "expected pass rate" } } });
   }
+  modelsSection(models);
 }
 
 async function quality() {

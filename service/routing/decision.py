@@ -60,7 +60,8 @@ def expected_costs(
 
     Input tokens are estimated from the prompt; output tokens are ``answer_tokens`` (prompts x
     models: the router's prediction, NaN where it has none) where given, else the model's typical
-    answer length from the catalog; either at most the request's ``max_output_tokens``.
+    answer length from the catalog (the catalog's median for a model with none); either at most
+    the request's ``max_output_tokens``.
     """
     prompt_price, completion_price, request_price, typical = np.full((4, len(models)), np.nan)
     for j, model in enumerate(models):
@@ -69,7 +70,7 @@ def expected_costs(
             prompt_price[j] = info.prompt_usd_per_token
             completion_price[j] = info.completion_usd_per_token
             request_price[j] = info.request_usd
-            typical[j] = info.typical_output_tokens or 0
+            typical[j] = info.typical_output_tokens or catalog.median_output_tokens
     output = np.broadcast_to(typical, (len(prompts), len(models)))
     if answer_tokens is not None:
         output = np.where(np.isnan(answer_tokens), output, answer_tokens)
@@ -195,12 +196,15 @@ def route(
     max_cost_usd: float | None = None,
     answer_value_usd: float | None = None,
 ) -> Decision:
-    """Score every model the router knows for one prompt and decide."""
-    models = list(router.models)
+    """Score every model the router knows that the catalog prices for one prompt, and decide
+    (an unpriced model has no cost to route on)."""
+    models = [m for m in router.models if m in catalog and catalog.get(m).priced]
     features = router.featurizer().transform([prompt])
     answer = router.answer_tokens(features, models)
     cost_usd = expected_costs([prompt], models, catalog, answer_tokens=answer)[0]
-    p_pass = router.p_pass([prompt], models, cost_usd[None, :], features=features)[0]
+    p_pass = router.p_pass([prompt], models, cost_usd[None, :], features=features, catalog=catalog)[
+        0
+    ]
     chosen_threshold = router.default_threshold if threshold is None else threshold
     if allowed_models is not None:
         unknown = [m for m in allowed_models if m not in models]

@@ -1,8 +1,10 @@
 """The learned router: calibrated P(answer clears the quality bar | prompt) for each model.
 
-Two scorer shapes share one interface (``fit(X, prompt_index, model_index, passed)`` and
-``predict_proba(X, model_columns)``): one calibrated classifier per model, or one calibrated
-classifier over prompt features joined with a one-hot of the model. The router artifact is a
+Scorers share one interface (``fit(X, prompt_index, model_index, passed)`` and
+``predict_proba(X, model_columns)``): one calibrated classifier per model, one classifier over
+prompt features joined with a one-hot of the model, or the factorized scorer
+(service/routing/factorized.py), which alone can also score a model it was not fitted on (from a
+few graded answers, or on its prior: service/routing/priors.py). The router artifact is a
 directory with ``router.joblib`` and ``router.json`` (metadata, model card data); loading it
 needs scikit-learn and the embedder, not MLflow.
 """
@@ -26,7 +28,9 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from service.catalog import Catalog
 from service.features import Embedder, Featurizer, MiniLMEmbedder, StaticMiniLMEmbedder
+from service.routing.priors import AbilityPrior, prior_abilities
 
 ARTIFACT = "router.joblib"
 METADATA = "router.json"
@@ -287,6 +291,8 @@ class LearnedRouter:
         default_threshold: float = 0.5,
         metadata: dict[str, Any] | None = None,
         answer_lengths: AnswerLengths | None = None,
+        prior: AbilityPrior | None = None,
+        ratings: dict[str, float] | None = None,
     ):
         self.scorer = scorer
         self.models = models
@@ -295,7 +301,11 @@ class LearnedRouter:
         self.default_threshold = default_threshold
         self.metadata = metadata or {}
         self.answer_lengths = answer_lengths
+        self.prior = prior
+        self.ratings = ratings or {}
         self._featurizer: Featurizer | None = None
+        self._index = {m: j for j, m in enumerate(models)}
+        self._priors: dict[str, tuple[np.ndarray, float]] = {}
 
     @property
     def version(self) -> str:
@@ -308,21 +318,55 @@ class LearnedRouter:
             self._featurizer = Featurizer(EMBEDDERS[self.embedder_name]())
         return self._featurizer
 
+    @property
+    def open(self) -> bool:
+        """Whether it can score models it was not fitted on (the factorized scorer)."""
+        return hasattr(self.scorer, "predict_for")
+
+    def graded_prompts(self, model: str) -> int:
+        """How many graded answers of ``model`` its scores come from (0: on its prior)."""
+        column = self._index.get(model)
+        counts = getattr(self.scorer, "graded_prompts_", None)
+        if column is None:
+            return 0
+        return int(counts[column]) if counts is not None else -1
+
+    def prior_of(self, model: str, catalog: Catalog | None) -> tuple[np.ndarray, float]:
+        """The abilities a model without graded answers is scored with (service.routing.priors):
+        the population mean shifted by the model's prices, family and public rating."""
+        if model not in self._priors:
+            population = (self.scorer.a_mean_, self.scorer.b_mean_)
+            a, b = prior_abilities(self.prior, [model], catalog, self.ratings, population)
+            self._priors[model] = (a[0], float(b[0]))
+        return self._priors[model]
+
     def p_pass(
         self,
         prompts: Sequence[str],
         models: Sequence[str],
         cost_usd: np.ndarray | None = None,
         features: np.ndarray | None = None,
+        catalog: Catalog | None = None,
     ) -> np.ndarray:
-        """Calibrated P(pass) (prompts x models) for models this router knows."""
+        """Calibrated P(pass) (prompts x models). Models the router was not fitted on are
+        scored on their prior (from ``catalog``'s prices) where the scorer can do that."""
         if features is None:
             features = self.featurizer().transform(prompts)
-        index = {m: j for j, m in enumerate(self.models)}
-        unknown = [m for m in models if m not in index]
-        if unknown:
+        unknown = [m for m in models if m not in self._index]
+        if unknown and not self.open:
             raise KeyError(f"the learned router has no scorer for {', '.join(unknown)}")
-        return np.asarray(self.scorer.predict_proba(features, [index[m] for m in models]))
+        known = [j for j, m in enumerate(models) if m in self._index]
+        out = np.empty((len(features), len(models)))
+        if known:
+            columns = [self._index[models[j]] for j in known]
+            out[:, known] = self.scorer.predict_proba(features, columns)
+        if unknown:
+            priors = [self.prior_of(m, catalog) for m in unknown]
+            abilities = np.vstack([a for a, _ in priors])
+            offsets = np.array([b for _, b in priors])
+            rest = [j for j, m in enumerate(models) if m not in self._index]
+            out[:, rest] = self.scorer.predict_for(features, abilities, offsets)
+        return out
 
     def answer_tokens(self, features: np.ndarray, models: Sequence[str]) -> np.ndarray | None:
         """Expected answer tokens (prompts x models; NaN where unknown), or None without an
@@ -334,7 +378,12 @@ class LearnedRouter:
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        artifact = {"scorer": self.scorer, "answer_lengths": self.answer_lengths}
+        artifact = {
+            "scorer": self.scorer,
+            "answer_lengths": self.answer_lengths,
+            "prior": self.prior,
+            "ratings": self.ratings,
+        }
         joblib.dump(artifact, directory / ARTIFACT, compress=3)
         meta = {
             "models": self.models,
@@ -359,4 +408,6 @@ class LearnedRouter:
             default_threshold=meta.pop("default_threshold"),
             metadata=meta,
             answer_lengths=artifact.get("answer_lengths"),
+            prior=artifact.get("prior"),
+            ratings=artifact.get("ratings"),
         )

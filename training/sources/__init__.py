@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from training.sources import llmrouter, routellm, routerarena, routerbench
+from training.sources import llmrouter, routellm, routerarena, routerbench, zeroeval
 from training.sources.common import COLUMNS, frame
 
 __all__ = ["COLUMNS", "EVALUATION_ONLY", "LICENSES", "LOADERS", "frame"]
@@ -23,11 +23,14 @@ LOADERS: dict[str, Callable[[Path], pd.DataFrame]] = {
     "llmrouter": llmrouter.load,
     "routerarena": routerarena.load,
     "routellm": routellm.load,
+    "zeroeval": zeroeval.load,
 }
 LICENSES = {
     "routerbench-subset": "MIT (RouterBench data, withmartian/routerbench)",
     "llmrouter": "MIT (ulab-uiuc/LLMRouter)",
     "routerarena": "Apache-2.0 (RouteWorks/RouterArena)",
     "routellm": "Apache-2.0 (lm-sys/RouteLLM); evaluation only",
+    "zeroeval": "Apache-2.0 (WildEval/ZeroEval)",
+    "zeroeval-gsm8k": "Apache-2.0 (WildEval/ZeroEval); RouteLLM's GSM8K test set: evaluation only",
 }
-EVALUATION_ONLY = {"routellm"}
+EVALUATION_ONLY = {"routellm", "zeroeval-gsm8k"}

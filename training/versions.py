@@ -1,0 +1,95 @@
+"""One policy for every command that writes a router: a new immutable version, installed only by
+promotion.
+
+- ``write``: the router goes to ``<runs dir>/<version>/`` (``SWITCHBOARD_RUNS_DIR``, default
+  ``runs/`` at the repository root, not tracked by git) with its model card, is never written
+  again, and is logged to MLflow as a new registered version of ``switchboard-router``.
+- ``install``: the version becomes the champion: MLflow's ``champion`` alias moves to it
+  (``previous-champion`` to the version it replaces) and it is copied into
+  ``SWITCHBOARD_ROUTER_DIR``, which every replica picks up without a restart.
+  ``switchboard rollback`` undoes the last install.
+
+``switchboard train`` installs only with ``--install`` (a whole new router changes every
+score), ``retrain`` only when its gate passes, ``models onboard`` and ``calibrate`` unless
+``--no-install`` (adding a model leaves every other model's scores as they were).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from service.routing.learned import LearnedRouter
+from training import model_card
+
+
+@dataclass
+class Written:
+    """A router version on disk and where MLflow holds it."""
+
+    path: Path
+    version: str
+    mlflow: dict[str, str]
+
+
+def replace_dir(source: Path, target: Path) -> None:
+    """Put a copy of ``source`` at ``target``; readers see the old or the new, never a mix of
+    files (a reader between the two renames finds nothing and retries later)."""
+    staging = target.with_name(target.name + ".incoming")
+    retired = target.with_name(target.name + ".outgoing")
+    for leftover in (staging, retired):
+        shutil.rmtree(leftover, ignore_errors=True)
+    shutil.copytree(source, staging)
+    if target.exists():
+        target.rename(retired)
+    staging.rename(target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def new_version(kind: str, runs_dir: Path) -> str:
+    """A version string no run in ``runs_dir`` has used: time, then what made it."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    version, n = f"{stamp}-{kind}", 1
+    while (runs_dir / version).exists():
+        n += 1
+        version = f"{stamp}-{kind}-{n}"
+    return version
+
+
+def write(
+    router: LearnedRouter,
+    kind: str,
+    runs_dir: Path,
+    params: dict[str, Any] | None = None,
+    artifacts: Callable[[Path], list[Path]] | None = None,
+    outcomes_path: Path | None = None,
+    log_mlflow: bool = True,
+) -> Written:
+    """Save ``router`` as a new version (its ``version`` set here) with its model card and the
+    files ``artifacts(directory)`` writes beside it, and log it all to MLflow."""
+    version = new_version(kind, runs_dir)
+    router.metadata.update(version=version, kind=kind)
+    path = runs_dir / version
+    router.save(path)
+    files = [model_card.write(router, path), *(artifacts(path) if artifacts else [])]
+    logged: dict[str, str] = {}
+    if log_mlflow:
+        from training import tracking
+
+        logged = tracking.log_training(router, path, files, params or {}, outcomes_path)
+    return Written(path, version, logged)
+
+
+def install(written: Written, router_dir: Path) -> dict[str, Any]:
+    """Make ``written`` the champion (MLflow alias) and the router every replica serves."""
+    replaced = None
+    if written.mlflow.get("model_version"):
+        from training import tracking
+
+        replaced = tracking.promote(written.mlflow["model_version"], router_dir)
+    replace_dir(written.path, router_dir)
+    return {"installed": written.version, "router_dir": str(router_dir), "replaced": replaced}
