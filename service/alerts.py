@@ -54,6 +54,9 @@ def _public(address: str) -> bool:
     )
 
 
+ALLOW_HINT = " (SWITCHBOARD_ALLOW_PRIVATE_WEBHOOKS=true allows them, for tests and on-premises)"
+
+
 def check_webhook_url(url: str, allow_private: bool, resolve: bool = False) -> str:
     """The URL if switchboard may post to it: http(s), a host, and (unless allowed) no
     loopback or private address, checked on the literal host and, with ``resolve``, on every
@@ -65,20 +68,20 @@ def check_webhook_url(url: str, allow_private: bool, resolve: bool = False) -> s
         return url
     host = parts.hostname
     if host == "localhost" or host.endswith(".localhost"):
-        raise WebhookRefused("webhooks to loopback hosts are refused")
+        raise WebhookRefused(f"webhooks to loopback hosts are refused{ALLOW_HINT}")
     try:
         literal = not _public(host)
     except ValueError:  # a name, not an address
         literal = False
     if literal:
-        raise WebhookRefused("webhooks to private or loopback addresses are refused")
+        raise WebhookRefused(f"webhooks to private or loopback addresses are refused{ALLOW_HINT}")
     if resolve:
         try:
             infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
         except OSError as error:
             raise WebhookRefused(f"cannot resolve {host}: {error}") from None
         if any(not _public(str(info[4][0])) for info in infos):
-            raise WebhookRefused(f"{host} resolves to a private or loopback address")
+            raise WebhookRefused(f"{host} resolves to a private or loopback address{ALLOW_HINT}")
     return url
 
 
@@ -107,11 +110,9 @@ class Alerts:
                 if used + 1e-12 >= threshold:
                     await self.budget_threshold(window, threshold)
 
-    async def budget_threshold(
-        self, window: Window, threshold: float, refused_usd: float | None = None
-    ) -> None:
-        """Alert ``threshold`` of this window once; ``refused_usd``: the alert is due to a
-        request refused for lack of room (the budget is exhausted)."""
+    async def budget_threshold(self, window: Window, threshold: float) -> None:
+        """Alert ``threshold`` of this window once: spend reached it (a refused hold is not
+        spend, and alerts no threshold: ``budget_refused``)."""
         budget = window.budget
         payload = {
             "type": "budget_threshold",
@@ -126,16 +127,40 @@ class Alerts:
             f"budget {budget.scope} ({budget.period}) has used {threshold:.0%} of its "
             f"${budget.limit_usd:.4f} limit: ${window.spent_usd:.4f} spent"
         )
-        if refused_usd is not None:
-            payload["refused_request_usd"] = refused_usd
-            message = (
-                f"budget {budget.scope} ({budget.period}) is exhausted: ${window.spent_usd:.4f} "
-                f"of ${budget.limit_usd:.4f} spent, a request that may cost up to "
-                f"${refused_usd:.6f} was refused"
-            )
         await self.create(
             f"budget:{budget.id}:{window.start.isoformat()}:{threshold}",
             "budget_threshold",
+            budget.scope,
+            message,
+            payload,
+            budget.id,
+            budget.webhook_url,
+            budget.email,
+        )
+
+    async def budget_refused(self, window: Window, request_usd: float) -> None:
+        """A notice that requests no longer fit this budget: a request whose worst case was
+        ``request_usd`` was refused. At most one per budget window and hour."""
+        budget = window.budget
+        hour = now().strftime("%Y-%m-%dT%H")
+        payload = {
+            "type": "budget_refused",
+            "budget": budget.describe(),
+            "refused_request_usd": request_usd,
+            "spent_usd": window.spent_usd,
+            "reserved_usd": window.reserved_usd,
+            "limit_usd": budget.limit_usd,
+            "period_start": window.start.isoformat(),
+            "resets_at": window.resets_at.isoformat() if window.resets_at else None,
+        }
+        message = (
+            f"budget {budget.scope} ({budget.period}) refused a request that may cost up to "
+            f"${request_usd:.6f}: ${window.spent_usd:.4f} spent and ${window.reserved_usd:.4f} "
+            f"held of ${budget.limit_usd:.4f}"
+        )
+        await self.create(
+            f"refused:{budget.id}:{window.start.isoformat()}:{hour}",
+            "budget_refused",
             budget.scope,
             message,
             payload,

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     reference_model: str | None = None  # savings are against it; None: the dearest router model
 
     max_body_bytes: int = 4 * 1024 * 1024
+    client_header_timeout_s: float = Field(10.0, gt=0)  # a request's headers must arrive by then
+    client_body_timeout_s: float = Field(30.0, gt=0)  # and its body this long after them
     key_rate_per_minute: int | None = None  # chat requests per API key per replica; None: no cap
     retries: int = 2  # per model, after the first attempt
     backoff_base_s: float = 0.25
@@ -82,6 +84,8 @@ class Settings(BaseSettings):
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0
     request_timeout_s: float = 120.0  # the whole request, retries and fallbacks included
+    max_concurrency_per_tenant: int | None = Field(64, ge=1)  # chat requests in flight, per replica
+    max_concurrency_per_key: int | None = Field(None, ge=1)  # the same per API key; None: no cap
     max_concurrency_per_provider: int = 256
     max_queue_per_provider: int = 1024
     breaker_failures: int = 5  # consecutive failures that open a model's circuit

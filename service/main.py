@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,6 +31,7 @@ from service.api import (
     records,
     routing,
 )
+from service.api.common import BODY_SCHEMAS
 from service.api.text_rules import RejectUnstorableURLs
 from service.auth import ADMIN_TENANT, LOCAL_TENANT
 from service.availability import Availability, fetch_listing, listed_ids
@@ -47,9 +49,10 @@ from service.providers.base import Provider
 from service.providers.openai_compat import openai_direct, openrouter
 from service.providers.redaction import redacting
 from service.providers.replay import ReplayProvider
-from service.providers.resilience import KeyRateLimit
+from service.providers.resilience import CallerConcurrency, KeyRateLimit
 from service.recorder import Recorder
 from service.routing.learned import LearnedRouter
+from service.slow_clients import BodyDeadline
 from service.spend_breaker import SpendBreaker
 from service.spend_control import SpendControl
 
@@ -247,6 +250,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.key_rate_limit = (
             KeyRateLimit(settings.key_rate_per_minute) if settings.key_rate_per_minute else None
         )
+        state.callers = CallerConcurrency(
+            settings.max_concurrency_per_tenant, settings.max_concurrency_per_key
+        )
         state.router_version = router.version
         upkeep = asyncio.create_task(maintain(state))
         revocations = asyncio.create_task(watch_revocations(ledger))
@@ -277,6 +283,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (chat, routing, records, budgets, analytics, experiments, dashboard, health):
         app.include_router(module.router)
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, with the schemas of the bodies the handlers parse themselves."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(BODY_SCHEMAS)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError) -> JSONResponse:
         return error.response()
@@ -301,6 +317,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return APIError("internal error; the request was not completed").response()
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyDeadline, timeout_s=settings.client_body_timeout_s)
     app.add_middleware(RejectUnstorableURLs)
     return app
 

@@ -1,4 +1,9 @@
-"""Wire models: what the API accepts. Unknown OpenAI fields pass through to the upstream."""
+"""Wire models: what the API accepts. Unknown OpenAI fields pass through to the upstream.
+
+Types are strict on the wire: a boolean is not an integer (``max_tokens: true`` is refused), a
+string is not a boolean (``stream: "yes"``), and numbers are finite. Header controls, which
+arrive as text, are the one place strings are parsed into numbers.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ AUTO_MODEL = "switchboard/auto"
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
@@ -28,7 +33,7 @@ class Message(BaseModel):
 class RoutingControls(BaseModel):
     """Per-request routing controls (body ``switchboard`` object or ``x-switchboard-*`` headers)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     quality_threshold: float | None = Field(None, ge=0.0, le=1.0)
     # what a passing answer is worth to the caller: switches to the value rule
@@ -47,7 +52,7 @@ class RoutingControls(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     model: str | None = Field(None, min_length=1)
     models: list[str] | None = Field(None, min_length=1)  # OpenRouter's ordered fallback list
@@ -85,15 +90,23 @@ class ChatRequest(BaseModel):
 
 
 class RouteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     messages: list[Message] | None = Field(None, min_length=1)
     prompt: str | None = Field(None, min_length=1)
     switchboard: RoutingControls | None = None
 
 
+class KeyRequest(BaseModel):
+    """POST /v1/admin/keys."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    tenant: str = Field(min_length=1, max_length=200)
+
+
 class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     request_id: str = Field(min_length=1, max_length=64)
     score: float | None = Field(None, ge=0.0, le=1.0)
@@ -145,7 +158,7 @@ def controls_from_headers(headers: Any) -> RoutingControls | None:
     if not values:
         return None
     try:
-        return RoutingControls.model_validate(values)
+        return RoutingControls.model_validate(values, strict=False)  # header values are text
     except ValidationError as error:
         first = error.errors()[0]
         if not first["loc"]:  # a rule over several headers

@@ -159,9 +159,8 @@ class SpendControl:
             ) from None
         try:
             return await self.leases.hold(applicable, amount)
-        except BudgetExceeded as exceeded:
-            if 1.0 in exceeded.window.budget.alert_at:  # exhausted: the 100 % alert, once
-                await self.alerts.budget_threshold(exceeded.window, 1.0, amount)
+        except BudgetExceeded as exceeded:  # not spend: a notice, at most hourly, no threshold
+            await self.alerts.budget_refused(exceeded.window, amount)
             raise
         except OperationalError as error:  # read-only, locked or away
             log.warning("could not hold the budgets of request %s: %s", record.id, error.orig)

@@ -101,6 +101,7 @@ def serve(
         workers=count,
         log_level="warning",
         timeout_graceful_shutdown=30,
+        http="service.slow_clients:HeaderDeadlineProtocol",
     )
 
 

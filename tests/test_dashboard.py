@@ -237,6 +237,11 @@ def test_every_page_shows_the_seeded_numbers_without_errors(seeded, browser, sho
     tab.page.wait_for_url("**/dashboard/requests?id=*")
     tab.ready()
     assert "Request sbr-" in tab.page.locator("h1").inner_text()
+    import re
+
+    detail = tab.text("table-request")
+    costs = re.findall(r"cost_usd\s+(\S+)", detail)
+    assert costs and all(re.fullmatch(r"\$\d+\.\d{4}(\d\d)?|-", c) for c in costs), costs
     tab.shot("request-detail")
     assert tab.errors == []
 

@@ -85,6 +85,15 @@ sys.exit(3)
 """
 
 
+READS_CHECKOUT = """
+import pathlib, sys
+import service.migrate
+migrations = pathlib.Path(service.migrate.__file__).parent / "migrations" / "versions"
+assert any(migrations.glob("*.py")), f"cannot read {migrations}"
+assert pathlib.Path(sys.argv[1]).is_dir(), f"cannot reach {sys.argv[1]}"
+"""
+
+
 def _unprivileged(probe_dir: Path) -> list[str]:
     """The command prefix that runs the service where permission bits stop its writes.
 
@@ -108,6 +117,17 @@ def _unprivileged(probe_dir: Path) -> list[str]:
         pytest.skip(
             f"cannot run a process as uid {NOBODY} whose writes obey permission bits "
             f"(exit {check.returncode}: {check.stderr.strip()[-300:]})"
+        )
+    reads = subprocess.run(
+        [*wrapper, sys.executable, "-c", READS_CHECKOUT, str(probe_dir)],
+        capture_output=True,
+        text=True,
+    )
+    if reads.returncode != 0:
+        pytest.skip(
+            f"a process as uid {NOBODY} cannot read the checkout, the virtualenv or the test's "
+            f"directory (a 0700 home or temporary directory without the capability to read it): "
+            f"{reads.stderr.strip()[-300:]}"
         )
     return wrapper
 

@@ -160,3 +160,54 @@ def test_deep_nesting_is_refused_and_the_connection_still_serves(stored):
             assert client.post("/v1/chat/completions", content=fine).status_code == 200
         nested = {**CHAT, "metadata": json.loads("[" * 100 + "]" * 100)}  # parses, but too deep
         assert client.post("/v1/chat/completions", json=nested).status_code == 400
+
+
+LOOSE = {
+    "a boolean as max_tokens": ("/v1/chat/completions", {**CHAT, "max_tokens": True}, "max_tokens"),
+    "a string as stream": ("/v1/chat/completions", {**CHAT, "stream": "yes"}, "stream"),
+    "a string as temperature": ("/v1/chat/completions", {**CHAT, "temperature": "0.5"}, None),
+    "Infinity as a limit": (
+        "/v1/admin/budgets",
+        '{"scope": "global", "period": "day", "limit_usd": Infinity}',
+        None,
+    ),
+    "NaN as a threshold": (
+        "/v1/chat/completions",
+        '{"messages": [{"role": "user", "content": "hi"}], "switchboard": '
+        '{"quality_threshold": NaN}}',
+        None,
+    ),
+    "a huge float as a limit": (
+        "/v1/admin/budgets",
+        '{"scope": "global", "period": "day", "limit_usd": 1e999}',
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", LOOSE.values(), ids=LOOSE.keys())
+def test_the_wire_types_are_strict_and_numbers_finite(stored, case):
+    path, body, param = case
+    auth = {"Authorization": f"Bearer {ADMIN}", "content-type": "application/json"}
+    content = body if isinstance(body, str) else json.dumps(body)
+    response = httpx.post(f"{stored.url}{path}", content=content, headers=auth)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    if param:
+        assert error["param"] == param
+
+
+def test_the_openapi_document_declares_the_request_bodies(service):
+    """So that the schema fuzzing above reaches the bodies, not only paths and queries."""
+    document = httpx.get(f"{service.url}/openapi.json").json()
+    without_body = {"/v1/admin/keys/{key_id}/revoke", "/v1/admin/experiments/{name}/stop"}
+    posts = {p: o["post"] for p, o in document["paths"].items() if "post" in o}
+    for path, operation in posts.items():
+        if path in without_body:
+            continue
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        assert name in document["components"]["schemas"], path
+    chat = document["components"]["schemas"]["ChatRequest"]
+    assert {"messages", "max_tokens", "stream"} <= set(chat["properties"])

@@ -240,6 +240,21 @@ def test_streaming_relays_chunks_and_ends_with_usage_cost_and_routing(service, k
     assert row["completion_tokens"] == final.usage.completion_tokens
 
 
+def test_a_stream_whose_first_chunk_is_not_json_is_retried_before_the_first_byte(
+    upstream, client, service, key
+):
+    fault(upstream, model="*", fault="malformed", times=1)
+    raw = client.chat.completions.with_raw_response.create(
+        model=EXPLICIT, messages=[{"role": "user", "content": PROMPT}], stream=True
+    )
+    chunks = list(raw.parse())  # the official client parses every chunk: none is malformed
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        f"echo: {PROMPT}"
+    )
+    row = ledger(service, key, raw.headers["x-switchboard-request-id"])
+    assert row["status"] == "ok" and row["attempts"] == 2
+
+
 def test_streams_without_include_usage_carry_no_usage_chunk(client):
     stream = client.chat.completions.create(
         model="switchboard/auto", messages=[{"role": "user", "content": PROMPT}], stream=True

@@ -36,3 +36,16 @@ def test_notebook_runs(path, tmp_path, shared, monkeypatch, isolated_cache):
         if output.get("output_type") == "error"
     ]
     assert not errors
+
+
+def test_importing_the_plots_chooses_no_backend():
+    """A notebook's backend (inline) survives the project's plotting module."""
+    import subprocess
+    import sys
+
+    check = (
+        "import matplotlib; matplotlib.use('svg'); import training.plots; "
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

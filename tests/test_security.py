@@ -417,3 +417,104 @@ def test_a_tenant_name_outside_latin_1_reaches_headers_encoded(service):
     row = call(server, "GET", f"/v1/requests/{refused.headers['x-switchboard-request-id']}",
                created["key"]).json()  # fmt: skip
     assert row["http_status"] == 402
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://10.0.0.8/hook"])
+def test_a_refused_webhook_names_the_setting_that_allows_it(url):
+    from service.alerts import WebhookRefused, check_webhook_url
+
+    with pytest.raises(WebhookRefused) as refused:
+        check_webhook_url(url, allow_private=False)
+    assert "SWITCHBOARD_ALLOW_PRIVATE_WEBHOOKS" in str(refused.value)
+    assert check_webhook_url(url, allow_private=True)
+
+
+def test_one_tenant_cannot_take_every_slot_from_another(tmp_path):
+    """A tenant at its limit of requests in flight gets 429 with Retry-After at once; another
+    tenant is served meanwhile, and the first gets its slots back as its requests end."""
+
+    async def run(server, busy, other):
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "slow please"}]}
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+
+            async def ask(key, stream=False):
+                return await client.post(
+                    "/v1/chat/completions",
+                    json={**body, "stream": stream},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+
+            slow = [asyncio.create_task(ask(busy, stream=i % 2 == 0)) for i in range(3)]
+            await asyncio.sleep(0.5)  # all three in flight
+            refused = await ask(busy)
+            started = time.perf_counter()
+            served = await ask(other)
+            other_seconds = time.perf_counter() - started
+            done = await asyncio.gather(*slow)
+            again = await ask(busy)
+            return refused, served, other_seconds, done, again
+
+    with FakeUpstreamServer(catalog_prices([MODEL])) as upstream:
+        httpx.post(
+            f"{upstream.control_url}/faults",
+            json={"model": MODEL, "fault": "none", "latency_ms": 1500, "times": 4},
+        )
+        settings = upstream_settings(
+            upstream.url, f"sqlite:///{tmp_path / 'l.db'}", ADMIN, max_concurrency_per_tenant=3
+        )
+        with ServiceServer(settings) as server:
+            busy, other = server.create_key("busy"), server.create_key("other")
+            refused, served, other_seconds, done, again = asyncio.run(run(server, busy, other))
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "concurrency_limited"
+    assert served.status_code == 200 and other_seconds < 3.0  # latency rule: 1.5 s, not a queue
+    assert [r.status_code for r in done] == [200, 200, 200]
+    assert again.status_code == 200  # slots given back, streamed ones included
+
+
+@pytest.mark.slow
+def test_slow_clients_are_cut_off_at_their_deadlines(tmp_path):
+    """`switchboard serve` closes a connection that sends no request, or its headers too
+    slowly, with 408; a body that trickles in is answered 408; a normal request on the same
+    service is served."""
+    import socket
+
+    def talk(port: int, pieces: list[bytes], gap_s: float) -> tuple[bytes, float]:
+        started = time.monotonic()
+        received = b""
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            try:
+                for piece in pieces:
+                    sock.sendall(piece)
+                    time.sleep(gap_s)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server gave up on us: read what it said
+            try:
+                while chunk := sock.recv(65536):
+                    received += chunk
+            except ConnectionResetError:
+                pass
+        return received, time.monotonic() - started
+
+    with FakeUpstreamServer(catalog_prices([MODEL])) as upstream:
+        env = upstream_env(f"sqlite:///{tmp_path / 'l.db'}", upstream.url, admin_key=ADMIN)
+        env |= {
+            "SWITCHBOARD_CLIENT_HEADER_TIMEOUT_S": "1",
+            "SWITCHBOARD_CLIENT_BODY_TIMEOUT_S": "1",
+        }
+        with ServiceProcess(env, log_path=tmp_path / "service.log") as service:
+            port = service.port
+            silent, seconds = talk(port, [], 0)
+            assert silent.startswith(b"HTTP/1.1 408") and seconds < 5
+            head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+            trickled, seconds = talk(port, [head[:10], head[10:20], head[20:]], 0.6)
+            assert trickled.startswith(b"HTTP/1.1 408") and seconds < 5
+            body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+            request = (
+                f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN}"
+                f"\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+            ).encode()
+            slow_body, seconds = talk(port, [request, body[:5].encode(), body[5:].encode()], 1.5)
+            assert slow_body.startswith(b"HTTP/1.1 408") and b"request body" in slow_body
+            served = call(service, "POST", "/v1/chat/completions", ADMIN, json=json.loads(body))
+            assert served.status_code == 200

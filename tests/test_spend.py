@@ -156,11 +156,15 @@ def test_a_hard_cap_refuses_with_402_and_alerts_once_by_webhook_and_email(
         headers={"Authorization": f"Bearer {created['key']}"},
     ).json()["data"]
     assert ledger[0]["http_status"] == 402 and ledger[0]["error_code"] == "budget_exceeded"
-    # 50 %, 80 % and 100 % each alert once: by webhook (signed, after one failed try) and mail
+    # 50 % and 80 % alert once each, and the refused request once as a notice (it is not
+    # spend: the 100 % alert waits for spend to reach 100 %): by webhook (signed, after one
+    # failed try) and mail
     wait_for(lambda: len(hook.received) >= 3)
     time.sleep(0.3)
     bodies = [json.loads(raw) for _, raw in hook.received]
-    assert sorted(b["threshold"] for b in bodies) == [0.5, 0.8, 1.0]
+    assert sorted(b["threshold"] for b in bodies if b["type"] == "budget_threshold") == [0.5, 0.8]
+    (notice,) = [b for b in bodies if b["type"] == "budget_refused"]
+    assert notice["refused_request_usd"] > notice["limit_usd"] - notice["spent_usd"] - 1e-12
     for headers, raw in hook.received:
         stamp, signature = (
             part.split("=", 1)[1] for part in headers["x-switchboard-signature"].split(",")
@@ -426,3 +430,25 @@ def test_the_budget_cli_sets_and_shows_budgets(service):
         result = cli(url, *bad)
         assert result.returncode == 2 and result.stderr.startswith("error:"), bad
         assert "Traceback" not in result.stderr
+
+
+def test_a_request_too_large_for_the_whole_budget_alerts_no_threshold(service, hook):
+    """Refused holds are not spend: one far over the limit leaves the 100 % alert for when the
+    budget really runs out, and sends one notice an hour at most."""
+    created = admin(service, "POST", "/v1/admin/keys", json={"tenant": "huge"}).json()
+    client = OpenAI(base_url=f"{service.url}/v1", api_key=created["key"], max_retries=0)
+    budget = set_budget(
+        service, scope="tenant:huge", period="day", limit_usd=0.02, webhook_url=hook.url
+    )
+    for max_tokens in (10**9, 10**30):
+        with pytest.raises(openai.APIStatusError) as refused:
+            ask(client, max_tokens=max_tokens)
+        assert refused.value.status_code == 402
+    time.sleep(0.5)
+    mine = [
+        a
+        for a in admin(service, "GET", "/v1/alerts").json()["data"]
+        if a["budget_id"] == budget["id"]
+    ]
+    assert [a["kind"] for a in mine] == ["budget_refused"]
+    assert "refused a request" in mine[0]["message"] and "exhausted" not in mine[0]["message"]

@@ -10,20 +10,30 @@ heuristic baseline, and sent to the reference model (the best single model on th
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pandas as pd
 
+from service.config import Settings
+from service.routing.learned import LearnedRouter
 from switchboard.service_process import ServiceProcess
 from training import datasets
+from training.onboard import without
 from training.report import decision_table
 from training.simulate import SOURCE, Served, best_single_model, recorded_traffic, send
 from training.train import DEFAULT_BAR
+from training.versions import replace_dir
 
 PROMPTS = 300
 SEED = 0
@@ -31,6 +41,7 @@ CONCURRENCY = 8
 STRICT_THRESHOLD = 0.85
 ANSWER_VALUE_USD = 0.1
 EXAMPLES = 2
+ONBOARD_PROMPTS = 50
 
 
 @dataclass
@@ -78,11 +89,17 @@ def run_demo(echo: Callable[[str], None]) -> DemoResult:
     reference = best_single_model(graded)
     admin_key = "sb-admin-" + secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="switchboard-demo-") as tmp:
+        router_dir = Path(tmp) / "router"  # the shipped router, changed by the onboarding part
+        shutil.copytree(Settings().router_dir, router_dir)
         env: dict[str, str | None] = {
             "SWITCHBOARD_DATABASE_URL": f"sqlite:///{Path(tmp) / 'ledger.db'}",
             "SWITCHBOARD_UPSTREAM": "replay",
             "SWITCHBOARD_ADMIN_KEY": admin_key,
             "OPENROUTER_API_KEY": None,
+            "SWITCHBOARD_ROUTER_DIR": str(router_dir),
+            "SWITCHBOARD_RUNS_DIR": str(Path(tmp) / "runs"),
+            "SWITCHBOARD_SNAPSHOTS_DIR": str(Path(tmp) / "snapshots"),
+            "SWITCHBOARD_UPKEEP_INTERVAL_S": "1",
         }
         echo("Starting `switchboard serve` on the replay upstream (recorded answers, no network)")
         with ServiceProcess(env, log_path=Path(tmp) / "service.log") as service:
@@ -126,6 +143,9 @@ def run_demo(echo: Callable[[str], None]) -> DemoResult:
                 )
                 for arm in arms
             }
+            onboarding = _onboarding(
+                echo, service.url, key, env, outcomes, prompts, graded, results["learned router"]
+            )
             ledger_requests, ledger_spend = ledger_totals(service.url, admin_key)
     summaries = {label: summarize(served) for label, served in results.items()}
     _print_table(echo, summaries, arms[-1].label)
@@ -134,6 +154,9 @@ def run_demo(echo: Callable[[str], None]) -> DemoResult:
     echo("\nLearned router's routing mix:")
     for model, count in mix.most_common():
         echo(f"  {model:40s} {count:4d}  {count / len(learned):5.1%}")
+    for line in onboarding.lines:
+        echo(line)
+    results.update(onboarding.results)
     client_spend = sum(s.cost_usd or 0.0 for arm in results.values() for s in arm)
     echo(
         f"\nLedger: {ledger_requests} requests recorded, ${ledger_spend:.4f} "
@@ -146,6 +169,80 @@ def run_demo(echo: Callable[[str], None]) -> DemoResult:
         "(`make results`)."
     )
     return DemoResult(summaries, ledger_requests, ledger_spend, client_spend)
+
+
+@dataclass
+class Onboarded:
+    lines: list[str]
+    results: dict[str, list[Served]]
+
+
+def _onboarding(
+    echo: Callable[[str], None],
+    url: str,
+    key: str,
+    env: dict[str, str | None],
+    outcomes: pd.DataFrame,
+    prompts: list[str],
+    graded: pd.DataFrame,
+    full: list[Served],
+) -> Onboarded:
+    """A model the learned router uses is taken out of it, the traffic is routed without it,
+    the model is onboarded from ONBOARD_PROMPTS graded training prompts (the benchmark's own
+    grades) with `switchboard models onboard`, and the traffic is routed again."""
+    router_dir = Path(str(env["SWITCHBOARD_ROUTER_DIR"]))
+    shipped = LearnedRouter.load(router_dir)
+    if not shipped.open:
+        return Onboarded(["\n(The shipped router cannot onboard models: no onboarding part.)"], {})
+    model = Counter(s.model for s in full).most_common(1)[0][0]
+    staging = router_dir.parent / "without"
+    without(shipped, model).save(staging)
+    replace_dir(staging, router_dir)
+    _wait_for_version(url, key, prompts[0], LearnedRouter.load(router_dir).version)
+    echo(f"\nOnboarding: {model}, the learned router's most used model, is taken out of it")
+    before = send(url, key, prompts, graded, "switchboard/auto", concurrency=CONCURRENCY)
+    rows = outcomes[
+        (outcomes["model"] == model)
+        & (outcomes["source"] == SOURCE)
+        & (outcomes["split"] == "train")
+    ].sort_values("prompt_id")
+    file = router_dir.parent / "graded.jsonl"
+    rows.head(ONBOARD_PROMPTS)[["prompt", "model", "quality"]].to_json(
+        file, orient="records", lines=True
+    )
+    command = [sys.executable, "-m", "switchboard", "models", "onboard", "--outcomes", str(file)]
+    subprocess.run(
+        [*command, "--no-mlflow"],
+        env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
+        check=True,
+        capture_output=True,
+    )
+    _wait_for_version(url, key, prompts[0], LearnedRouter.load(router_dir).version)
+    after = send(url, key, prompts, graded, "switchboard/auto", concurrency=CONCURRENCY)
+    arms = {"with it (shipped)": full, f"without {model}": before, "after onboarding": after}
+    lines = [
+        f"then onboarded from {ONBOARD_PROMPTS} graded training prompts "
+        "(`switchboard models onboard`), and the same traffic routed each time:\n",
+        f"{'':24s} {'spend $':>9s} {'pass rate':>9s} {'share of ' + model:>44s}",
+    ]
+    for label, served in arms.items():
+        row = summarize(served)
+        share = sum(s.model == model for s in served) / len(served)
+        lines.append(f"{label:24s} {row['spend']:9.4f} {row['pass_rate']:9.3f} {share:44.1%}")
+    return Onboarded(lines, {"onboarding: without": before, "onboarding: after": after})
+
+
+def _wait_for_version(url: str, key: str, prompt: str, version: str, timeout_s: float = 30) -> None:
+    """Until the service routes with router ``version`` (it picks a new one up live)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        decision = httpx.post(
+            f"{url}/v1/route", json={"prompt": prompt}, headers={"Authorization": f"Bearer {key}"}
+        )
+        if decision.is_success and decision.json()["router_version"] == version:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the service did not pick up router {version}")
 
 
 def _route_examples(echo: Callable[[str], None], url: str, key: str, prompts: list[str]) -> None:

@@ -106,6 +106,26 @@ def onboard(
     return result
 
 
+def without(router: LearnedRouter, model: str) -> LearnedRouter:
+    """The router as if ``model`` had never been onboarded (the demo's starting point): its
+    abilities gone, every other score unchanged. Its outcomes did shape the shared projection
+    g; a held-out evaluation (training/onboarding_eval.py) refits without them."""
+    index = router.models.index(model)
+    name = model.replace("/", "_")
+    metadata = {**router.metadata, "version": f"{router.version}-without-{name}"}
+    return LearnedRouter(
+        router.scorer.without_model(index),
+        [m for m in router.models if m != model],
+        router.embedder_name,
+        router.bar,
+        router.default_threshold,
+        metadata,
+        router.answer_lengths,
+        router.prior,
+        router.ratings,
+    )
+
+
 def keep(outcomes: pd.DataFrame, snapshots_dir: Path) -> Path:
     """Store onboarding outcomes (by content hash) where every later retraining finds them."""
     table = outcomes.copy()

@@ -1,15 +1,15 @@
-"""Plots: the cost-quality curves of an evaluation and the calibration of P(pass)."""
+"""Plots: the cost-quality curves of an evaluation and the calibration of P(pass).
+
+Figures are drawn on ``matplotlib.figure.Figure`` directly and saved to files, without pyplot:
+importing this module chooses no backend, so a notebook's plots still show inline.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from training.evaluate import Evaluation
 
@@ -26,7 +26,8 @@ def cost_quality(
     evaluation: Evaluation, path: Path, title: str, quality_label: str = "pass rate"
 ) -> Path:
     """Each router's non-decreasing convex hull, its raw points, and the single models."""
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig = Figure(figsize=(7.5, 5))
+    ax = fig.subplots()
     for name, (color, line) in STYLE.items():
         hull = evaluation.hulls[name]
         points = evaluation.curves[name]
@@ -45,7 +46,6 @@ def cost_quality(
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -60,7 +60,8 @@ def calibration(p: np.ndarray, y: np.ndarray, path: Path, title: str, n_bins: in
             predicted.append(p[mask].mean())
             observed.append(y[mask].mean())
             counts.append(mask.sum())
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     ax.plot(predicted, observed, "o-", color="tab:blue", label="learned router")
     for x, yv, n in zip(predicted, observed, counts, strict=True):
@@ -72,5 +73,4 @@ def calibration(p: np.ndarray, y: np.ndarray, path: Path, title: str, n_bins: in
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

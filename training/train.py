@@ -358,6 +358,13 @@ def train(
         "code_version": code_version(),
         "training_prompts": len(full.prompts),
         "training_rows": len(full.passed),
+        "graded_prompts": dict(
+            zip(
+                full.models,
+                np.bincount(full.model_index, minlength=len(full.models)).tolist(),
+                strict=True,
+            )
+        ),
         "seed": seed,
     }
     lengths = fit_answer_lengths(full, X_full)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.alerts import WebhookRefused, check_webhook_url
-from service.api.common import flushed, json_body
+from service.api.common import documented_body, flushed, json_body
 from service.auth import authenticate, authenticate_admin
 from service.budgets import DEFAULT_ALERT_AT, Budget, parse_scope, utc
 from service.errors import InvalidRequest, NotFound
@@ -21,8 +21,16 @@ router = APIRouter()
 BudgetId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # the database's integer range
 
 
+class BreakerReset(BaseModel):
+    """POST /v1/admin/breakers/reset."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    scope: str = Field(min_length=1, max_length=300)
+
+
 class BudgetRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     scope: str = Field(min_length=1, max_length=300)
     period: str = Field(pattern="^(day|week|month|total)$")
@@ -59,7 +67,7 @@ async def _status(request: Request, budget: Budget) -> dict[str, Any]:
     return window.status()
 
 
-@router.post("/v1/admin/budgets", status_code=200)
+@router.post("/v1/admin/budgets", status_code=200, openapi_extra=documented_body(BudgetRequest))
 async def set_budget(request: Request) -> dict[str, Any]:
     """Create the budget of (scope, period) or replace its settings; its spend is kept."""
     await authenticate_admin(request)
@@ -139,14 +147,11 @@ async def list_breakers(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": rows}
 
 
-@router.post("/v1/admin/breakers/reset")
+@router.post("/v1/admin/breakers/reset", openapi_extra=documented_body(BreakerReset))
 async def reset_breaker(request: Request) -> dict[str, Any]:
     """Close the spend breaker of a scope (``global`` or ``tenant:NAME``)."""
     await authenticate_admin(request)
-    body = await json_body(request)
-    scope = body.get("scope") if isinstance(body, dict) else None
-    if not isinstance(scope, str) or not scope:
-        raise InvalidRequest("scope: global or tenant:NAME is required", param="scope")
+    scope = parse(BreakerReset, await json_body(request)).scope
     if not await request.app.state.breaker.reset(scope):
         raise NotFound(f"no open spend breaker for {scope}", param="scope", code="not_found")
     return {"scope": scope, "reset": True}

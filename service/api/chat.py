@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from service.api.common import json_body
+from service.api.common import documented_body, json_body
 from service.auth import authenticate
 from service.errors import APIError, RateLimited, RequestTimeout
 from service.gateway import Plan, RouteContext
@@ -22,13 +23,23 @@ from service.streaming import relay
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=documented_body(ChatRequest))
 async def chat_completions(request: Request) -> Response:
     state = request.app.state
     principal = await authenticate(request)
     record = RequestRecord(principal, "chat.completions")
     streaming = False
+    caller = (principal.tenant_id, principal.api_key_id)
+    full = state.callers.acquire(*caller)
     try:
+        if full is not None:
+            limit = state.callers.limits[full]
+            raise RateLimited(
+                f"this {'tenant' if full == 'tenant' else 'API key'} already has {limit} requests "
+                "in flight on this replica; retry when one ends",
+                code="concurrency_limited",
+                retry_after_s=1,
+            )
         limiter = state.key_rate_limit
         wait = limiter.wait_s(principal.api_key_id or principal.tenant) if limiter else 0.0
         if wait > 0:
@@ -53,7 +64,14 @@ async def chat_completions(request: Request) -> Response:
             record.prompt = prompt
         async with asyncio.timeout(state.settings.request_timeout_s):
             if chat.stream:
-                response = await _open_stream(state, plan, record, body, prompt, chat.include_usage)
+
+                async def finish(ended: RequestRecord) -> None:
+                    state.callers.release(*caller)
+                    await state.recorder.finish(ended)
+
+                response = await _open_stream(
+                    state, plan, record, body, prompt, chat.include_usage, finish
+                )
                 streaming = True
                 return response
             return await _complete(state, plan, record, body, prompt)
@@ -66,6 +84,8 @@ async def chat_completions(request: Request) -> Response:
         return error.response(record.headers())
     finally:
         if not streaming:
+            if full is None:
+                state.callers.release(*caller)
             await state.recorder.finish(record)
 
 
@@ -108,6 +128,7 @@ async def _open_stream(
     body: dict[str, Any],
     prompt: str,
     include_usage: bool,
+    finish: Callable[[RequestRecord], Awaitable[None]],
 ) -> StreamingResponse:
     gateway = state.gateway
 
@@ -139,7 +160,7 @@ async def _open_stream(
         state.catalog,
         prompt,
         include_usage,
-        state.recorder.finish,
+        finish,
     )
     headers = {**record.headers(), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.common import flushed, json_body
+from service.api.common import documented_body, flushed, json_body
 from service.auth import authenticate, authenticate_admin
 from service.errors import InvalidRequest, NotFound
 from service.experiments import Arm
@@ -20,7 +20,7 @@ router = APIRouter()
 
 
 class ArmRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     name: str | None = Field(None, min_length=1, max_length=100)
     router: str
@@ -28,7 +28,7 @@ class ArmRequest(BaseModel):
 
 
 class ExperimentRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     name: str = Field(min_length=1, max_length=200)
     arms: list[ArmRequest] = Field(min_length=2, max_length=10)
@@ -37,7 +37,9 @@ class ExperimentRequest(BaseModel):
     min_feedback: int = Field(100, ge=2)
 
 
-@router.post("/v1/admin/experiments", status_code=201)
+@router.post(
+    "/v1/admin/experiments", status_code=201, openapi_extra=documented_body(ExperimentRequest)
+)
 async def start(request: Request) -> JSONResponse:
     await authenticate_admin(request)
     body: ExperimentRequest = parse(ExperimentRequest, await json_body(request))

@@ -8,11 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 
-from service.api.common import flushed, json_body
+from service.api.common import documented_body, flushed, json_body
 from service.auth import authenticate, authenticate_admin
 from service.errors import Forbidden, InvalidRequest, NotFound
 from service.ledger import Principal, tenant_name
-from service.schemas import FeedbackRequest, parse
+from service.schemas import FeedbackRequest, KeyRequest, parse
 
 router = APIRouter()
 MAX_LIST = 1000
@@ -26,7 +26,7 @@ async def _own_request(request: Request, request_id: str, principal: Principal) 
     return row
 
 
-@router.post("/v1/feedback", status_code=201)
+@router.post("/v1/feedback", status_code=201, openapi_extra=documented_body(FeedbackRequest))
 async def feedback(request: Request) -> JSONResponse:
     """Rate an answer by its request id: a score in [0, 1] or thumbs up/down."""
     principal = await authenticate(request)
@@ -75,16 +75,13 @@ async def get_request(request_id: str, request: Request) -> dict[str, Any]:
     return row
 
 
-@router.post("/v1/admin/keys", status_code=201)
+@router.post("/v1/admin/keys", status_code=201, openapi_extra=documented_body(KeyRequest))
 async def create_key(request: Request) -> JSONResponse:
     """A new API key for a tenant (created if new). Admin only; the key is shown once."""
     await authenticate_admin(request)
-    body = await json_body(request)
-    tenant = body.get("tenant") if isinstance(body, dict) else None
-    if not isinstance(tenant, str):
-        raise InvalidRequest("tenant: a name of 1 to 200 characters is required", param="tenant")
+    body: KeyRequest = parse(KeyRequest, await json_body(request))
     try:
-        tenant = tenant_name(tenant)
+        tenant = tenant_name(body.tenant)
     except ValueError as error:
         raise InvalidRequest(f"tenant: {error}", param="tenant") from None
     key, key_id = await request.app.state.ledger.create_key(tenant)

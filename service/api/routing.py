@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from service.api.common import json_body
+from service.api.common import documented_body, json_body
 from service.auth import authenticate
 from service.errors import InvalidRequest
 from service.gateway import RouteContext
@@ -17,7 +17,7 @@ from service.schemas import AUTO_MODEL, RouteRequest, controls_from_headers, mer
 router = APIRouter()
 
 
-@router.post("/v1/route")
+@router.post("/v1/route", openapi_extra=documented_body(RouteRequest))
 async def route(request: Request) -> dict[str, Any]:
     """The routing decision for a prompt or messages, without calling any model."""
     state = request.app.state

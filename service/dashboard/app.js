@@ -196,7 +196,10 @@ async function routing() {
   }
   chart("chart-mix", [{
     type: "pie", labels: mix.data.map((r) => r.model + " (" + r.router + ")"), values: mix.data.map((r) => r.requests), hole: 0.4,
-  }], { title: { text: "Share of answered requests by model (router)" } });
+    // names in the legend, only the share on the slices: long model names never overlap
+    textinfo: "percent", textposition: "inside", insidetextorientation: "horizontal", sort: true,
+  }], { title: { text: "Share of answered requests by model (router)" }, showlegend: true,
+        legend: { orientation: "v", x: 1.02, y: 0.5, font: { size: 11 } }, uniformtext: { minsize: 9, mode: "hide" } });
   main.append(table("table-mix", [
     ["model", (r) => r.model], ["router", (r) => r.router], ["requests", (r) => num(r.requests), "num"],
     ["share", (r) => pct(r.share), "num"], ["spend", (r) => usd(r.spend_usd), "num"],
@@ -319,12 +322,27 @@ async function requestDetail(id) {
   const r = await api("/v1/requests/" + encodeURIComponent(id));
   main.append(el("h1", { text: "Request " + r.id }));
   const fields = ["created_at", "endpoint", "requested_model", "router", "router_version", "threshold", "chosen_model", "served_model", "propensity", "attempts", "stream", "status", "http_status", "error_code", "error_message", "prompt_tokens", "completion_tokens", "cost_usd", "catalog_cost_usd", "upstream_cost_usd", "charged_usd", "spend_control", "latency_ms", "upstream_ms", "overhead_ms", "first_byte_ms"];
-  main.append(table("table-request", [["field", (f) => f], ["value", (f) => (r[f] === null || r[f] === undefined ? "-" : String(r[f]))]], fields));
+  const shown = (f) => {
+    const v = r[f];
+    if (v === null || v === undefined) return "-";
+    if (f.endsWith("_usd")) return usd(v);  // never a raw float such as 0.00023894999999999998
+    if (f.endsWith("_ms")) return num(v, 1);
+    if (f === "propensity" || f === "threshold") return num(v, 4);
+    return String(v);
+  };
+  main.append(table("table-request", [["field", (f) => f], ["value", shown]], fields));
   if (r.candidates && r.candidates.length) {
     main.append(el("h2", { text: "Candidates" }), table("table-candidates", [
       ["model", (c) => c.model + (c.model === r.chosen_model ? "  (chosen)" : "")],
       ["P(pass)", (c) => num(c.p_pass, 3), "num"], ["expected cost", (c) => usd(c.expected_cost_usd), "num"],
+      ["graded prompts", (c) => (c.graded_prompts === undefined ? "-" : num(c.graded_prompts)), "num"],
+      ["calibrated", (c) => (c.calibrated === undefined ? "-" : c.calibrated ? "yes" : "no (on a prior or few answers)")],
     ], [...r.candidates].sort((a, b) => b.p_pass - a.p_pass)));
+  }
+  if (r.left_out && r.left_out.length) {
+    main.append(el("h2", { text: "Left out of the routing" }), table("table-left-out", [
+      ["model", (m) => m.model], ["why", (m) => m.reason],
+    ], r.left_out));
   }
   if (r.fallbacks && r.fallbacks.length) {
     main.append(el("h2", { text: "Fallbacks" }), table("table-fallbacks", [

@@ -145,17 +145,20 @@ class OpenAICompatibleProvider:
             raise self._fail(CONNECTION, f"stream broke ({type(error).__name__})") from None
 
     def _chunk(self, data: bytes) -> Chunk:
-        if b'"error"' in data or b'"usage"' in data:
-            try:
-                parsed = json.loads(data)
-            except ValueError:
-                raise self._fail(MALFORMED, "stream chunk is not JSON") from None
-            if isinstance(parsed, dict) and parsed.get("error"):
-                error = parsed["error"]
-                message = error.get("message") if isinstance(error, dict) else str(error)
-                raise self._fail(SERVER_ERROR, f"error in stream: {message}")
-            return Chunk(data=data, usage=usage_from(parsed) if isinstance(parsed, dict) else None)
-        return Chunk(data=data)
+        """One relayed chunk; a chunk that is not a JSON object is a malformed answer (before
+        the first byte reached the client: retried or fallen back; after: the stream ends
+        with an error event), never passed on."""
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            raise self._fail(MALFORMED, "stream chunk is not JSON") from None
+        if not isinstance(parsed, dict):
+            raise self._fail(MALFORMED, "stream chunk is not a JSON object")
+        if parsed.get("error"):
+            error = parsed["error"]
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise self._fail(SERVER_ERROR, f"error in stream: {message}")
+        return Chunk(data=data, usage=usage_from(parsed) if "usage" in parsed else None)
 
 
 def openrouter(

@@ -123,3 +123,37 @@ class KeyRateLimit:
             return 0.0
         self.buckets[key] = (tokens, now)
         return (1 - tokens) / self.rate
+
+
+class CallerConcurrency:
+    """Requests in flight per tenant (and per API key, when a limit is set), in this process:
+    one caller's slow requests cannot take every upstream slot from the others. A request over
+    a limit is refused at once (429 with Retry-After), not queued."""
+
+    def __init__(self, per_tenant: int | None, per_key: int | None):
+        self.limits = {"tenant": per_tenant, "key": per_key}
+        self.in_flight: dict[tuple[str, object], int] = {}
+
+    def _keys(self, tenant: object, key: object) -> list[tuple[str, object]]:
+        keys = [("tenant", tenant)] if self.limits["tenant"] else []
+        if self.limits["key"] and key is not None:
+            keys.append(("key", key))
+        return keys
+
+    def acquire(self, tenant: object, key: object) -> str | None:
+        """Take a slot for the caller: None, or which limit ("tenant", "key") is full."""
+        keys = self._keys(tenant, key)
+        for kind, value in keys:
+            if self.in_flight.get((kind, value), 0) >= (self.limits[kind] or 0):
+                return kind
+        for slot in keys:
+            self.in_flight[slot] = self.in_flight.get(slot, 0) + 1
+        return None
+
+    def release(self, tenant: object, key: object) -> None:
+        for slot in self._keys(tenant, key):
+            left = self.in_flight.get(slot, 1) - 1
+            if left > 0:
+                self.in_flight[slot] = left
+            else:
+                self.in_flight.pop(slot, None)

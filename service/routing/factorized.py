@@ -220,6 +220,17 @@ class FactorizedScorer(BaseEstimator):
         self.graded_prompts_[index] = fit.graded_prompts
         return index
 
+    def without_model(self, index: int) -> FactorizedScorer:
+        """A copy that lacks the model in column ``index`` (the others keep their columns'
+        order, shifted down past it): a router that never onboarded it."""
+        import copy
+
+        out = copy.deepcopy(self)
+        keep = np.arange(len(self.offsets_)) != index
+        out.abilities_, out.offsets_ = self.abilities_[keep], self.offsets_[keep]
+        out.residuals_, out.graded_prompts_ = self.residuals_[keep], self.graded_prompts_[keep]
+        return out
+
     # -- scoring ---------------------------------------------------------------------------------
 
     def predict_for(self, X: np.ndarray, abilities: np.ndarray, offsets: np.ndarray) -> np.ndarray:

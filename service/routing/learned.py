@@ -326,10 +326,12 @@ class LearnedRouter:
     def graded_prompts(self, model: str) -> int:
         """How many graded answers of ``model`` its scores come from (0: on its prior)."""
         column = self._index.get(model)
-        counts = getattr(self.scorer, "graded_prompts_", None)
         if column is None:
             return 0
-        return int(counts[column]) if counts is not None else -1
+        counts = getattr(self.scorer, "graded_prompts_", None)
+        if counts is not None:
+            return int(counts[column])
+        return int(self.metadata.get("graded_prompts", {}).get(model, 0))
 
     def prior_of(self, model: str, catalog: Catalog | None) -> tuple[np.ndarray, float]:
         """The abilities a model without graded answers is scored with (service.routing.priors):
