@@ -286,15 +286,22 @@ class BudgetStore:
             window.requests = row.requests
         return window
 
-    async def sweep(self) -> int:
-        """Release holds past their expiry (their process died mid-request)."""
+    async def sweep(self, owner: str | None = None) -> int:
+        """Release holds past their expiry (their process died mid-request), or, with
+        ``owner`` (an id prefix such as ``lease:<process>:``), every hold of a process known
+        to be dead."""
         released: dict[tuple[int, datetime], float] = {}
         count = 0
+        which = (
+            budget_reservations.c.expires_at < now()
+            if owner is None
+            else budget_reservations.c.id.startswith(owner, autoescape=True)
+        )
         async with self.engine.begin() as conn:
             expired = (
                 await conn.execute(
                     budget_reservations.select()
-                    .where(budget_reservations.c.expires_at < now())
+                    .where(which)
                     .order_by(budget_reservations.c.budget_id, budget_reservations.c.id)
                 )
             ).all()

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     router_dir: Path = REPO_ROOT / "models" / "router"
     catalog_path: Path = REPO_ROOT / "models" / "catalog.json"
     runs_dir: Path = REPO_ROOT / "runs"  # every router version a command writes (not in git)
+    journal_dir: Path = REPO_ROOT / "journal"  # per-process crash journals (service.journal)
     snapshots_dir: Path = REPO_ROOT / "datasets" / "snapshots"  # training tables, onboarded data
     aliases_path: Path | None = None  # a JSON object of your model names -> OpenRouter ids
     replay_outcomes_path: Path = REPO_ROOT / "datasets" / "outcomes.parquet"

@@ -37,6 +37,7 @@ from service.errors import (
     Unroutable,
     UpstreamFailed,
 )
+from service.journal import Journal
 from service.prompts import prompt_text
 from service.providers.base import AUTH, BAD_REQUEST, RATE_LIMITED, TIMEOUT, Provider, UpstreamError
 from service.providers.replay import HOW_TO_CONFIGURE, NoRecording, ReplayProvider
@@ -91,7 +92,9 @@ class Gateway:
         spend: SpendControl | None = None,
         challenger: LearnedRouter | None = None,
         availability: Availability | None = None,
+        journal: Journal | None = None,
     ):
+        self.journal = journal
         self.availability = availability or Availability.unknown()
         self._persisting: set[asyncio.Task[None]] = set()
         self.spend = spend
@@ -344,6 +347,8 @@ class Gateway:
                 record.hold = await self.spend.hold(record, model, body)
             for attempt in range(1, settings.retries + 2):
                 record.attempts += 1
+                if self.journal is not None:  # a call about to be made leaves a row, whatever
+                    self.journal.attempt(record.row(), model)
                 started = time.perf_counter()
                 try:
                     result = await call(provider, model)

@@ -41,6 +41,7 @@ from service.config import Settings
 from service.errors import APIError, InvalidRequest, NotFound, PayloadTooLarge
 from service.experiments import ExperimentStore
 from service.gateway import Gateway
+from service.journal import Journal, database_id, replay
 from service.ledger import REVOCATION_POLL_S, Ledger, Principal
 from service.metrics import Metrics
 from service.pacing import Pacer
@@ -200,6 +201,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         await asyncio.to_thread(upgrade, settings.database_url)
         ledger = Ledger.connect(settings.async_database_url)
+        ledger_id = database_id(settings.database_url)
+        await replay(settings.journal_dir, ledger.engine, ledger_id)  # what dead processes left
         catalog = Catalog.load(settings.catalog_path)
         router = LearnedRouter.load(settings.router_dir)
         await asyncio.to_thread(router.p_pass, ["warm up"], router.models)
@@ -224,6 +227,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.alerts = Alerts(ledger.engine, settings, client)
         state.breaker = SpendBreaker(ledger.engine, settings, state.alerts)
         state.spend = SpendControl(state.budgets, state.alerts, catalog, settings, state.breaker)
+        journal = Journal(settings.journal_dir, state.spend.leases.process, ledger_id)
+        journal.open()
         state.availability = Availability(ledger.engine, settings.budget_refresh_s)
         await state.availability.refresh()
         challenger = None
@@ -238,9 +243,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.spend,
             challenger,
             state.availability,
+            journal,
         )
         state.experiments = ExperimentStore(ledger.engine, settings.budget_refresh_s)
-        state.recorder = Recorder(ledger, metrics, state.spend)
+        state.recorder = Recorder(ledger, metrics, state.spend, journal)
         default_threshold = settings.default_threshold or router.default_threshold
         state.pacer = Pacer(ledger.engine, state.budgets, default_threshold)
         served = [m for m in router.models if state.availability.unavailable(m) is None]
@@ -274,6 +280,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in background:
                 task.cancel()
             await state.recorder.drain()
+            if state.recorder.queue.empty():
+                journal.close()  # every row is in the ledger; otherwise the next start replays
             await give_back_leases(state)
             await state.alerts.drain()
             await client.aclose()

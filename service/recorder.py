@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from service.budgets import Window
+from service.journal import Journal
 from service.ledger import Ledger
 from service.metrics import Metrics
 from service.record import RequestRecord
@@ -75,7 +76,10 @@ def storable_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class Recorder:
-    def __init__(self, ledger: Ledger, metrics: Metrics, spend: SpendControl):
+    def __init__(
+        self, ledger: Ledger, metrics: Metrics, spend: SpendControl, journal: Journal | None = None
+    ):
+        self.journal = journal
         self.ledger = ledger
         self.metrics = metrics
         self.spend = spend
@@ -88,6 +92,16 @@ class Recorder:
         record.end()
         if record.hold is not None:
             record.charged_usd = self.spend.charge(record)
+        if self.journal is not None:  # before the answer goes out: a crash loses no row
+            charges = [
+                {
+                    "budget_id": lease.budget.id,
+                    "period_start": lease.start,
+                    "usd": record.charged_usd,
+                }
+                for lease in (record.hold.leases if record.hold else [])
+            ]
+            self.journal.answered(record.row(), charges)
         self.metrics.observe(record)
         self.queue.put_nowait(record)
         if self.writer is None or self.writer.done():
@@ -183,4 +197,6 @@ class Recorder:
             await conn.execute(requests.insert(), rows)
             settlement = await self.spend.settle(conn, batch)
         self.spend.settled(settlement)
+        if self.journal is not None:
+            self.journal.written([row["id"] for row in rows])
         return settlement.windows

@@ -5,6 +5,7 @@ every case."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -342,3 +344,163 @@ def test_a_row_the_database_refuses_is_recorded_without_what_it_refused(database
             "requested_model" in d for d in flagged
         )
     assert sum(1 for row in rows.values() if row["dropped_fields"] is None) >= 2
+
+
+def _kill(service: ServiceProcess) -> None:
+    """kill -9: nothing the process holds in memory survives."""
+    assert service.process is not None
+    service.process.kill()
+    service.process.wait()
+    service.process = None
+
+
+def _ledger_rows(url: str) -> dict[str, Any]:
+    engine = sa.create_engine(to_sync_url(url))
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT id, status, error_code, attempts, cost_usd, served_model FROM requests")
+        ).all()
+    engine.dispose()
+    return {row.id: row for row in rows}
+
+
+@contextlib.contextmanager
+def _ledger_locked(url: str):
+    """Hold the requests table so that no row can be written (the recorder's batches wait)."""
+    engine = sa.create_engine(to_sync_url(url))
+    conn = engine.connect()
+    if url.startswith("sqlite"):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql("ROLLBACK")
+        conn.close()
+        engine.dispose()
+
+
+async def _answers(url: str, key: str, count: int, stream_every: int = 3) -> list[str]:
+    """``count`` concurrent chat requests; the request ids of those answered 200 in full."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "journal me"}]}
+    async with httpx.AsyncClient(timeout=20) as client:
+
+        async def one(i: int) -> str | None:
+            try:
+                async with client.stream(
+                    "POST",
+                    f"{url}/v1/chat/completions",
+                    json={**body, "stream": i % stream_every == 0},
+                    headers={"Authorization": f"Bearer {key}"},
+                ) as response:
+                    text = (await response.aread()).decode()
+            except httpx.TransportError:
+                return None  # the process died first
+            complete = response.status_code == 200 and (
+                "data: [DONE]" in text or '"choices"' in text
+            )
+            return response.headers.get("x-switchboard-request-id") if complete else None
+
+        found = await asyncio.gather(*(one(i) for i in range(count)))
+    return [f for f in found if f]
+
+
+async def _killed_during(service: ServiceProcess, key: str, count: int, after_s: float) -> list:
+    """Send ``count`` requests and kill the service ``after_s`` into them."""
+    task = asyncio.create_task(_answers(service.url, key, count))
+    await asyncio.sleep(after_s)
+    _kill(service)
+    return await task
+
+
+MODEL = "openai/gpt-4o-mini"
+
+
+def test_a_killed_process_loses_no_row_of_an_answer_or_an_upstream_call(database_url, tmp_path):
+    """kill -9 after clients got answers whose rows could not be written yet, with upstream
+    calls in flight, and mid-load, three times: after each restart every answer a client got
+    has its row as the client saw it, every upstream call made is counted in some row, the
+    budget's spend equals the ledger's, and the dead process's leases are released at once."""
+    from service.budgets import BudgetStore
+    from service.config import to_async_url
+    from service.ledger import Ledger
+    from service.migrate import upgrade
+
+    upgrade(database_url)
+
+    async def prepare() -> tuple[str, str, int]:
+        ledger = Ledger.connect(to_async_url(database_url))
+        try:
+            free, _ = await ledger.create_key("journal-free")
+            held, _ = await ledger.create_key("journal-budget")
+            budget = await BudgetStore(ledger.engine).put("tenant:journal-budget", "total", 10.0)
+            return free, held, budget.id
+        finally:
+            await ledger.close()
+
+    free, held, budget_id = asyncio.run(prepare())
+    received: list[str] = []
+    with FakeUpstreamServer(catalog_prices([MODEL])) as upstream:
+        env = upstream_env(database_url, upstream.url) | {
+            "SWITCHBOARD_JOURNAL_DIR": str(tmp_path / "journal"),
+            "SWITCHBOARD_REQUEST_TIMEOUT_S": "20",
+        }
+        log_path = tmp_path / "service.log"
+        service = ServiceProcess(env, log_path=log_path).start()
+        # 1. answered while no row can be written, then killed
+        with _ledger_locked(database_url):
+            received += asyncio.run(_answers(service.url, free, 12))
+            assert len(received) == 12
+            _kill(service)
+        service = ServiceProcess(env, log_path=log_path).start()
+        assert set(received) <= set(_ledger_rows(database_url))
+        # 2. killed with upstream calls in flight (the upstream takes 3 s to answer)
+        httpx.post(
+            f"{upstream.control_url}/faults",
+            json={"model": "*", "fault": "none", "latency_ms": 3000, "times": 10},
+        )
+        calls_before = len(upstream.state.requests)
+
+        async def in_flight() -> None:
+            load = asyncio.create_task(_answers(service.url, held, 10))
+            while len(upstream.state.requests) < calls_before + 10:
+                await asyncio.sleep(0.05)
+            _kill(service)
+            await load
+
+        asyncio.run(in_flight())
+        service = ServiceProcess(env, log_path=log_path).start()
+        httpx.delete(f"{upstream.control_url}/faults")
+        # 3. mid-load, three times
+        for round_ in range(3):
+            key = (free, held)[round_ % 2]
+            received += asyncio.run(_killed_during(service, key, 40, 0.4 + 0.3 * round_))
+            service = ServiceProcess(env, log_path=log_path).start()
+        received += asyncio.run(_answers(service.url, held, 10))
+        service.stop()
+        upstream_calls = len(upstream.state.requests)
+    rows = _ledger_rows(database_url)
+    missing = [r for r in received if r not in rows]
+    assert missing == []  # every answer a client got is in the ledger
+    assert all(rows[r].status == "ok" for r in received)
+    assert sum(r.attempts for r in rows.values()) >= upstream_calls  # every call left a row
+    died = [r for r in rows.values() if r.error_code == "process_died"]
+    assert died, "no call was caught in flight"
+    engine = sa.create_engine(to_sync_url(database_url))
+    with engine.connect() as conn:
+        window = conn.execute(
+            sa.text("SELECT spent_usd, reserved_usd FROM budget_windows WHERE budget_id = :b"),
+            {"b": budget_id},
+        ).one()
+        tenant_spend = conn.scalar(
+            sa.text(
+                "SELECT coalesce(sum(charged_usd), 0) FROM requests r JOIN tenants t "
+                "ON t.id = r.tenant_id WHERE t.name = 'journal-budget'"
+            )
+        )
+    engine.dispose()
+    assert window.spent_usd == pytest.approx(tenant_spend, rel=1e-9, abs=1e-12)
+    assert window.reserved_usd == pytest.approx(0, abs=1e-12)  # no dead lease left
+    assert not list((tmp_path / "journal").glob("journal-*"))  # all replayed or cleaned up
