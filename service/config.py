@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     # other), exclude (never a candidate unless allowed_models names it)
     uncalibrated_policy: Literal["explore", "route", "exclude"] = "explore"
     calibrated_min_prompts: int = Field(25, ge=0)
+    # catalog models with no graded answers that join auto routing's candidates on their prior
+    # (uncalibrated: exploration and fallback under the default policy), so that traffic and
+    # feedback reach them; comma-separated in the environment
+    explore_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     listing_refresh_s: float = 6 * 3600.0  # re-read the upstream's model listing (with a key)
     challenger_dir: Path | None = None  # a second learned router, for experiment arms
     upkeep_interval_s: float = 30.0  # sweeps, breakers, pacing, experiments, champion pickup
@@ -122,6 +126,13 @@ class Settings(BaseSettings):
     smtp_starttls: bool = True
     smtp_from: str = "switchboard@localhost"
     smtp_ca_file: Path | None = None  # trust this CA for STARTTLS (a private mail relay)
+
+    @field_validator("explore_models", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _choose_upstream(self) -> Settings:

@@ -150,6 +150,9 @@ class Gateway:
             pool = named
         else:
             pool = list(router.models)
+            if router.open:  # models to explore on their prior (SWITCHBOARD_EXPLORE_MODELS)
+                extra = self.settings.explore_models
+                pool += [m for m in extra if m in self.catalog and m not in router.models]
         left_out: list[dict[str, Any]] = []
         open_circuits = set(self.breaker.open_models())
         policy = self.settings.uncalibrated_policy

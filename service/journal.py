@@ -76,8 +76,14 @@ class Journal:
         self._serial = 0
 
     def open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._rotate()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._rotate()
+        except OSError as error:
+            raise RuntimeError(
+                f"SWITCHBOARD_JOURNAL_DIR {self.directory} cannot be written ({error}): the "
+                "service keeps its crash journal there, so that a killed process loses no row"
+            ) from None
 
     def _rotate(self) -> None:
         self._serial += 1

@@ -46,14 +46,18 @@ def run_service(upstream, database_url, router_dir):
     return ServiceServer(settings)
 
 
-@pytest.mark.parametrize("grades", [{GOOD: 9, POOR: 2}, {GOOD: 6, POOR: 6}], ids=["graded", "flat"])
-def test_models_are_onboarded_in_the_order_of_their_grades(setup, database_url, grades):
+def calibrated_gap(setup, database_url, grades, name):
+    """Calibrate GOOD and POOR under a judge giving ``grades``; the onboarded router's mean
+    P(pass) of GOOD minus POOR on new prompts."""
     tmp, prompts, router_dir, env = setup
-    output = tmp / "calibration.jsonl"
+    router_copy = tmp / f"router-{name}"
+    shutil.copytree(router_dir, router_copy)
+    env = {**env, "SWITCHBOARD_ROUTER_DIR": str(router_copy)}
+    output = tmp / f"calibration-{name}.jsonl"
     prices = catalog_prices([GOOD, POOR, JUDGE])
     with (
         FakeUpstreamServer(prices, judge_grades=grades) as upstream,
-        run_service(upstream, database_url, router_dir) as service,
+        run_service(upstream, database_url, router_copy) as service,
     ):
         args = ["--models", f"{GOOD},{POOR}", "--judge", JUDGE, "--prompts", str(prompts)]
         args += ["--url", service.url, "--output", str(output)]
@@ -67,15 +71,19 @@ def test_models_are_onboarded_in_the_order_of_their_grades(setup, database_url, 
         assert all(r["cost_usd"] > 0 for r in rows)
         rerun = calibrate(env, *args)  # every pair already graded: nothing is sent
         assert rerun.exit_code == 0 and len(upstream.state.requests) == calls
-    router = LearnedRouter.load(router_dir)
+    router = LearnedRouter.load(router_copy)
     assert router.metadata["kind"] == "onboard"
     assert router.graded_prompts(GOOD) == router.graded_prompts(POOR) == len(PROMPTS)
     p = router.p_pass(["Explain topic number 99 in two sentences.", "Hi"], [GOOD, POOR])
-    gap = float(np.mean(p[:, 0] - p[:, 1]))
-    if grades[GOOD] > grades[POOR]:
-        assert gap > 0.2, p  # the judge's order, by a wide margin
-    else:
-        assert abs(gap) < 0.2, p  # a judge that cannot tell them apart gives no order
+    return float(np.mean(p[:, 0] - p[:, 1]))
+
+
+def test_models_are_onboarded_in_the_order_of_their_grades(setup, database_url):
+    """The judge's order comes out in P(pass); a judge that grades both alike gives none (so a
+    constant judge fails this test)."""
+    graded = calibrated_gap(setup, database_url, {GOOD: 9, POOR: 2}, "graded")
+    flat = calibrated_gap(setup, database_url, {GOOD: 6, POOR: 6}, "flat")
+    assert graded > 0.05 and graded > flat + 0.05, (graded, flat)
 
 
 def test_nothing_is_sent_to_a_replay_service_or_over_the_cost_cap(setup, tmp_path):

@@ -223,7 +223,10 @@ def test_sqlite_ledger_made_read_only_under_load_loses_and_duplicates_no_row(tmp
     log_path = tmp_path / "service.log"
     answers: list[Answer] = []
     with FakeUpstreamServer(catalog_prices(router.models)) as upstream:
-        env = upstream_env(url, upstream.url, admin_key="admin-key") | {"HOME": str(home)}
+        env = upstream_env(url, upstream.url, admin_key="admin-key") | {
+            "HOME": str(home),
+            "SWITCHBOARD_JOURNAL_DIR": str(home / "journal"),  # the service's user writes it
+        }
         with ServiceProcess(env, log_path=log_path, wrapper=wrapper) as service:
             response = httpx.post(
                 f"{service.url}/v1/admin/budgets",

@@ -161,3 +161,33 @@ def test_uncalibrated_models_only_explore_and_follow_under_the_default_policy(se
         for candidate in decision["candidates"]:
             assert candidate["graded_prompts"] == router.graded_prompts(candidate["model"])
             assert candidate["calibrated"] == (candidate["graded_prompts"] >= minimum)
+
+
+def test_models_to_explore_get_traffic_on_their_prior(database_url, open_router, served_models):
+    """A catalog model with no graded answers, named in SWITCHBOARD_EXPLORE_MODELS: a candidate
+    the rule does not choose, which exploration sends traffic to (so feedback can reach it)."""
+    newcomer = "anthropic/claude-sonnet-4.5"
+    with FakeUpstreamServer(catalog_prices([*served_models[:2], newcomer])) as small:
+        settings = upstream_settings(
+            small.url,
+            database_url,
+            ADMIN,
+            router_dir=open_router,
+            explore_models=[newcomer],
+            exploration_rate=1.0,  # every request explores: uniform over the three served
+        )
+        with ServiceServer(settings) as server:
+            deadline = time.monotonic() + 10
+            while not server.app_state().availability.has_listing:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            served = []
+            for i in range(30):
+                body = {"messages": [{"role": "user", "content": f"{PROMPT} {i}"}]}
+                answer = chat(server, body)
+                assert answer.status_code == 200, answer.text
+                row = record_of(server, answer)
+                entry = next(c for c in row["candidates"] if c["model"] == newcomer)
+                assert entry["graded_prompts"] == 0 and entry["decidable"] is False
+                served.append(row["served_model"])
+    assert newcomer in served  # exploration reached it (missing it 30 times: p < 1e-5)

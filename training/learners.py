@@ -1,8 +1,11 @@
 """The candidate learners tried for the learned router; training chooses one on validation.
 
-Each factory returns an unfitted scorer (service/routing/learned.py) whose probabilities are
-calibrated: by cross-validation (isotonic regression), or, for prompt clusters, as smoothed
-pass rates per cluster.
+Each factory returns an unfitted scorer (service/routing/learned.py,
+service/routing/factorized.py) whose probabilities are calibrated: by cross-validation
+(isotonic regression per model, or one Platt map for the factorized scorer), or, for prompt
+clusters, as smoothed pass rates per cluster. The factorized scorer comes first: the one
+standard-error rule prefers it, and it alone lets models join from graded answers, so a
+per-model learner is shipped only if it is better by more than one standard error.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ def _embedding_only(dim: int) -> ColumnTransformer:
 
 
 def factorized(embedding_dim: int, seed: int) -> Any:
-    """One scorer for every model, the only one that can onboard a model it was not fitted on."""
-    return FactorizedScorer(rank=8, ability_l2=1e-3, projection_l2=1e-4, seed=seed)
+    """One scorer for every model, the only one that can onboard a model it was not fitted on
+    (rank 16, calibrated by one Platt map on 3-fold out-of-fold logits: chosen on validation)."""
+    return FactorizedScorer(seed=seed)
 
 
 def logistic_regression(embedding_dim: int, seed: int) -> Any:

@@ -38,7 +38,8 @@ def render(router: LearnedRouter) -> str:
     lines = [
         "# switchboard learned router: model card",
         "",
-        "Written by `switchboard train`; every number below comes from that run.",
+        f"Written by `switchboard {meta.get('kind', 'train')}`; every number below comes from "
+        "that run (an onboarded version keeps its parent's validation figures).",
         "",
         "## What it predicts",
         "",
@@ -73,8 +74,24 @@ def render(router: LearnedRouter) -> str:
         "",
         "## Models",
         "",
-        ", ".join(f"`{m}`" for m in router.models),
+        "Each model with the graded prompts its scores come from"
+        + (" (onboarded models marked *)" if meta.get("onboarded") else "")
+        + ":",
         "",
+        ", ".join(
+            f"`{m}` {router.graded_prompts(m)}{'*' if m in meta.get('onboarded', {}) else ''}"
+            for m in router.models
+        ),
+        "",
+        *(
+            [
+                f"Onboarded into version `{meta.get('parent_version')}` "
+                f"({meta.get('quality_gate')}).",
+                "",
+            ]
+            if meta.get("onboarded")
+            else []
+        ),
         "## Choice of learner (validation split)",
         "",
         "Mean AIQ over the validation sets of the three sources. The chosen learner is the "

@@ -108,6 +108,114 @@ def routellm_section(
     return lines, found
 
 
+def scorers_section(
+    outcomes: Any, catalog: Catalog, router: LearnedRouter, test_sets: list
+) -> list[str]:
+    """Per source, on test: a per-model learner and the factorized scorer, each fitted on
+    train + val like the shipped router, beside the shipped (chosen) one."""
+    from training.learners import LEARNERS
+    from training.train import training_data
+
+    featurizer = cached_featurizer(router.embedder_name)
+    data = training_data(outcomes, ["train", "val"], SHIPPED_SOURCES, router.bar)
+    X = featurizer.transform(data.prompts)
+    lines = [
+        "## Scorers (test split)",
+        "",
+        "The shipped router's learner was chosen on validation (models/router/MODEL_CARD.md). "
+        "Here the per-model logistic regression and the factorized scorer are each refitted on "
+        "train + val and measured on test beside it, at the shipped router's decision-time "
+        "costs. Cost at 95 % / 100 %: of the source's best single model.",
+        "",
+        "| source | scorer | AIQ | cost at 95 % | cost at 100 % |",
+        "|---|---|---|---|---|",
+    ]
+    routers = {"shipped (" + str(router.metadata.get("learner")) + ")": router}
+    for name in ("logistic-regression", "factorized"):
+        scorer = LEARNERS[name](featurizer.embedder.dim, 0)
+        scorer.fit(X, data.prompt_index, data.model_index, data.passed)
+        routers[name] = LearnedRouter(scorer, data.models, router.embedder_name, router.bar)
+    for data_set in test_sets:
+        for label, candidate in routers.items():
+            p = candidate.p_pass(
+                data_set.table.prompts, data_set.models, features=data_set.features
+            )
+            entry = evaluate(data_set.table, candidate, p, bar=router.bar).report["routers"]
+            ratios = entry["learned"]["cost_ratio_at_quality"]
+            lines.append(
+                f"| {data_set.source} | {label} | {entry['learned']['aiq']:.4f} | "
+                f"{_f(ratios['0.95'], '.3f', 'x')} | {_f(ratios['1.0'], '.3f', 'x')} |"
+            )
+    return [*lines, ""]
+
+
+def gsm8k_section(router: LearnedRouter, outcomes: Any, catalog: Catalog) -> list[str]:
+    """zeroeval's GSM8K (RouteLLM's GSM8K test questions, evaluation only) among its models."""
+    from training.train import evaluation_models
+
+    rows = outcomes[outcomes["source"] == "zeroeval-gsm8k"]
+    models = evaluation_models(outcomes, "zeroeval-gsm8k", catalog)
+    table = routing_table(rows, models, catalog)
+    featurizer = cached_featurizer(router.embedder_name)
+    features = featurizer.transform(table.prompts)
+    table = with_answer_lengths(table, features, router.answer_lengths, catalog)
+    p = router.p_pass(table.prompts, models, features=features, catalog=catalog)
+    evaluation = evaluate(table, router, p, bar=router.bar)
+    report = evaluation.report
+    lines = [
+        "## zeroeval GSM8K (evaluation only)",
+        "",
+        f"{report['n_prompts']} GSM8K test questions (RouteLLM's, never trained on; "
+        f"Apache-2.0), {len(models)} late-2024 models, reference `{report['reference_model']}`.",
+        "",
+        "| router | quality | $ per prompt | AIQ | cost at 95 % | cost at 100 % |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in ROUTERS:
+        entry = report["routers"][name]
+        ratios = entry["cost_ratio_at_quality"]
+        lines.append(
+            f"| {name} | {entry['quality']:.4f} | {entry['cost_usd']:.6f} | {entry['aiq']:.4f} | "
+            f"{_f(ratios['0.95'], '.3f', 'x')} | {_f(ratios['1.0'], '.3f', 'x')} |"
+        )
+    return [*lines, ""]
+
+
+def onboarding_section(outcomes: Any, catalog: Catalog, router: LearnedRouter) -> list[str]:
+    """Leave-one-model-out onboarding (training/onboarding_eval.py)."""
+    from training import onboarding_eval
+
+    featurizer = cached_featurizer(router.embedder_name)
+    rows = []
+    for model, source in onboarding_eval.HELD_OUT.items():
+        log.info("onboarding %s", model)
+        rows += onboarding_eval.held_out_model(
+            outcomes, featurizer, catalog, model, source, SHIPPED_SOURCES
+        )
+    table = onboarding_eval.summarize(rows)
+    lines = [
+        "## Onboarding a model from k graded prompts (leave one model out)",
+        "",
+        "For each model: the factorized scorer fitted on the training split without any of "
+        "its outcomes, the model then onboarded from k of its training prompts (five random "
+        "draws; k = 0: its prior from price, family and LMArena rating, or the plain population "
+        "mean), and measured on its source's test split: the AUC of its P(pass) over its own "
+        "test prompts, and the AIQ and cost at 95 % of the router routing among the source's "
+        "models, the onboarded one included. *all data*: the same scorer fitted with the "
+        "model's training outcomes.",
+        "",
+        "| model | k | AUC | AIQ | cost at 95 % |",
+        "|---|---|---|---|---|",
+    ]
+    for (model, k), entry in table.iterrows():
+        cost = entry["cost_at_95"]
+        lines.append(
+            f"| {model} | {k} | {_f(entry['auc'])} | {entry['aiq']:.4f} | "
+            f"{'-' if cost != cost else f'{cost:.3f}x'} |"
+        )
+    return [*lines, ""]
+
+
 def write_results(output: Path, router_dir: Path | None = None) -> None:
     output = Path(output)
     images = output.parent / "img"
@@ -172,6 +280,10 @@ def write_results(output: Path, router_dir: Path | None = None) -> None:
     ]
     routellm_lines, _ = routellm_section(router, outcomes, catalog, images)
     lines += routellm_lines
+    lines += gsm8k_section(router, outcomes, catalog)
+    lines += scorers_section(outcomes, catalog, router, test_sets)
+    if router.open:
+        lines += onboarding_section(outcomes, catalog, router)
     output.write_text("\n".join(lines) + "\n")
 
 
