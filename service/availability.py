@@ -27,8 +27,9 @@ from service.tables import upstream_models
 
 log = logging.getLogger("switchboard")
 NOT_SERVED = re.compile(
-    r"not a valid model|no endpoints found|model[^.]{0,40}(does not exist|not found)", re.I
-)
+    r"not a valid model|no endpoints found(?! that)|model[^.]{0,40}(does not exist|not found)",
+    re.I,
+)  # "No endpoints found that support tool use" is about the request, not the model
 NOT_LISTED = "the upstream's model listing leaves it out"
 
 

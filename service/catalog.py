@@ -121,6 +121,9 @@ class ModelInfo:
     peak_completion_usd_per_token: float | None = None
     max_output_tokens: int | None = None  # the longest answer the upstream serves
     image_usd: float = 0.0  # per input image, on top of its tokens
+    # what the listing states the model supports (service.capabilities); None: not stated
+    supported_parameters: tuple[str, ...] | None = None
+    input_modalities: tuple[str, ...] | None = None
 
     def worst_case_usd(
         self, input_tokens: float, output_tokens: float, media_parts: int = 0
@@ -177,6 +180,10 @@ def _peak(pricing: dict[str, Any], names: tuple[str, ...]) -> float | None:
     return max(found) if found else None
 
 
+def _names(value: Any) -> tuple[str, ...] | None:
+    return tuple(sorted(str(v) for v in value)) if isinstance(value, list) else None
+
+
 PEAK_PROMPT = ("prompt", "input_cache_write", "input_cache_write_1h")
 PEAK_COMPLETION = ("completion", "internal_reasoning")
 
@@ -204,6 +211,8 @@ def parse_openrouter_models(payload: dict[str, Any], seen_at: str) -> dict[str, 
             peak_completion_usd_per_token=_peak(pricing, PEAK_COMPLETION),
             max_output_tokens=(item.get("top_provider") or {}).get("max_completion_tokens"),
             image_usd=_peak(pricing, ("image",)) or 0.0,
+            supported_parameters=_names(item.get("supported_parameters")),
+            input_modalities=_names((item.get("architecture") or {}).get("input_modalities")),
             price_source=f"openrouter /api/v1/models {seen_at}",
             price_seen_at=seen_at,
             context_length=item.get("context_length"),
@@ -267,7 +276,13 @@ class Catalog:
     @classmethod
     def load(cls, path: Path = DEFAULT_CATALOG_PATH) -> Catalog:
         payload = json.loads(Path(path).read_text())
-        return cls({m["id"]: ModelInfo(**m) for m in payload["models"]})
+        models = {}
+        for entry in payload["models"]:
+            for name in ("supported_parameters", "input_modalities"):
+                if entry.get(name) is not None:
+                    entry[name] = tuple(entry[name])
+            models[entry["id"]] = ModelInfo(**entry)
+        return cls(models)
 
     def save(self, path: Path) -> None:
         payload = {"models": [asdict(self.models[k]) for k in self.ids()]}

@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     max_queue_per_provider: int = 1024
     breaker_failures: int = 5  # consecutive failures that open a model's circuit
     breaker_cooldown_s: float = 30.0
+    breaker_window_s: float = 60.0  # failures count over the requests of this window
+    breaker_failure_ratio: float = Field(0.5, gt=0, le=1)  # and must be this share of them
     workers: int = 1
 
     # budgets (``switchboard budget set``) and spend controls

@@ -10,7 +10,8 @@ whatever the request body carries:
   template; each image, audio or file part counts ``MEDIA_TOKENS`` instead of its bytes (and
   the model's per-image price, if it has one).
 - completion tokens: the largest of the token limits the body gives that an upstream honours
-  (``max_tokens``, ``max_completion_tokens``: a body with both may be served under either), plus
+  (``max_tokens``, ``max_completion_tokens``, the Responses API's ``max_output_tokens``: a body
+  with several may be served under any), plus
   a reasoning budget (``reasoning.max_tokens``), times ``n`` answers. Without a limit the
   gateway sends ``budget_max_output_tokens`` as ``max_tokens`` (``bound_output``), so the bound
   holds; a body that reaches a hold without one is bounded by the model's longest answer.
@@ -32,7 +33,7 @@ from service.config import Settings
 
 MESSAGE_TOKENS = 16  # role markers and separators of a chat template, per message
 MEDIA_TOKENS = 2_000  # an image or audio part (high-detail images cost up to about 1,600)
-OUTPUT_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
+OUTPUT_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 UNBOUNDED_COST_FIELDS = ("plugins", "web_search_options")
 TEXT_PART_TYPES = (None, "text", "input_text")
 
@@ -94,11 +95,14 @@ def output_token_bound(
     return per_answer * max(1, _count(body.get("n")))
 
 
-def bound_output(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """The body with ``max_tokens`` set when it has no output limit of its own."""
+def bound_output(
+    body: dict[str, Any], settings: Settings, field: str = "max_tokens"
+) -> dict[str, Any]:
+    """The body with ``field`` (``max_output_tokens`` for the Responses API) set when it has
+    no output limit of its own."""
     if answer_token_limit(body) is not None:
         return body
-    return {**body, "max_tokens": settings.budget_max_output_tokens}
+    return {**body, field: settings.budget_max_output_tokens}
 
 
 def unbounded_cost_fields(body: dict[str, Any]) -> list[str]:

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service.availability import Availability, says_not_served
+from service.capabilities import Needs, needs, routing_hint, unmet
 from service.catalog import Catalog, canonical_model_id
 from service.config import Settings
 from service.errors import (
@@ -77,6 +78,8 @@ class RouteContext:
     max_output_tokens: int | None = None
     arm: str | None = None  # "<experiment>:<arm>" when an experiment assigned the router
     arm_router: str | None = None  # champion, challenger or heuristic
+    needs: Needs | None = None  # what the request needs of a model (service.capabilities)
+    hint: str = ""  # the request's tools and answer format, embedded with its prompt
 
 
 class Gateway:
@@ -105,7 +108,12 @@ class Gateway:
         self.router = router
         self.heuristic = HeuristicRouter()
         self.providers = providers
-        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
+        self.breaker = CircuitBreaker(
+            settings.breaker_failures,
+            settings.breaker_cooldown_s,
+            settings.breaker_window_s,
+            settings.breaker_failure_ratio,
+        )
         self.limits = {
             p.name: ConcurrencyLimit(
                 settings.max_concurrency_per_provider, settings.max_queue_per_provider
@@ -125,7 +133,13 @@ class Gateway:
         """Whether the router's scores of ``model`` rest on enough graded prompts."""
         return self.router.graded_prompts(model) >= self.settings.calibrated_min_prompts
 
-    def candidates(self, messages: list[dict[str, Any]], controls: RoutingControls) -> Candidates:
+    def candidates(
+        self,
+        messages: list[dict[str, Any]],
+        controls: RoutingControls,
+        tenant: object = None,
+        need: Needs | None = None,
+    ) -> Candidates:
         """The models this request may be routed to: the router's (or those ``allowed_models``
         names), served by a configured upstream and listed by it now, circuit shut, recorded
         (replay); which of them the rule may choose (uncalibrated ones: by the policy); and the
@@ -154,7 +168,7 @@ class Gateway:
                 extra = self.settings.explore_models
                 pool += [m for m in extra if m in self.catalog and m not in router.models]
         left_out: list[dict[str, Any]] = []
-        open_circuits = set(self.breaker.open_models())
+        open_circuits = set(self.breaker.open_models(tenant))
         policy = self.settings.uncalibrated_policy
         models = []
         for model in pool:
@@ -165,6 +179,8 @@ class Gateway:
                 reason = not_served
             elif model in open_circuits:
                 reason = "its circuit is open after repeated failures"
+            elif need is not None and model in self.catalog:
+                reason = unmet(self.catalog.get(model), need)
             elif policy == "exclude" and not opted_in and not self.calibrated(model):
                 reason = f"uncalibrated ({router.graded_prompts(model)} graded prompts)"
             if reason is None:
@@ -181,6 +197,17 @@ class Gateway:
                 )
         if not models:
             reasons = "; ".join(f"{e['model']}: {e['reason']}" for e in left_out[:5])
+            unsupported = need is not None and any(
+                e["reason"].startswith(("does not support", "takes no", "its context"))
+                for e in left_out
+            )
+            if unsupported:
+                assert need is not None
+                raise InvalidRequest(
+                    f"no candidate model supports what this request uses ({need.describe()}, "
+                    f"{need.context_tokens:,} tokens of context): {reasons}",
+                    code="unsupported_request",
+                )
             raise Unavailable(f"no upstream can serve any candidate model ({reasons})")
         decidable = [opted_in or policy != "explore" or self.calibrated(m) for m in models]
         if not any(decidable):  # nothing calibrated is served: their priors are all there is
@@ -198,9 +225,9 @@ class Gateway:
         ordered models to try."""
         context = context or RouteContext()
         steering = context.steering
-        prompt = prompt_text(messages)
+        prompt = prompt_text(messages) + context.hint
         champion = self.router  # one version for the whole decision, even if pickup swaps it
-        found = self.candidates(messages, controls)
+        found = self.candidates(messages, controls, record.principal.tenant_id, context.needs)
         record.left_out = found.left_out or None
         models, decidable = found.models, np.array(found.decidable)
         features = champion.featurizer().transform([prompt])
@@ -301,6 +328,9 @@ class Gateway:
             context = context or RouteContext()
             limits = (request.max_completion_tokens or 0, request.max_tokens or 0)
             context.max_output_tokens = max(limits) or None
+            body = request.upstream_body()
+            context.needs = needs(body, prompt_text(messages))
+            context.hint = routing_hint(body)
             return Plan(self.route(messages, controls, record, context), auto=True)
         if request.model == AUTO_MODEL:
             raise InvalidRequest(
@@ -339,51 +369,30 @@ class Gateway:
         with the ledger row if it answers.
         """
         last: UpstreamError | None = None
-        settings = self.settings
+        tenant, request = record.principal.tenant_id, record.id
         for model in plan.order:
-            if not self.breaker.allows(model):
+            if not self.breaker.allows(model, tenant, request):
                 record.fallbacks.append({"model": model, "error": "circuit_open"})
                 continue
-            provider = self.provider_for(model)
-            assert provider is not None
-            if self.spend is not None:
-                record.hold = await self.spend.hold(record, model, body)
-            for attempt in range(1, settings.retries + 2):
-                record.attempts += 1
-                if self.journal is not None:  # a call about to be made leaves a row, whatever
-                    self.journal.attempt(record.row(), model)
-                started = time.perf_counter()
-                try:
-                    result = await call(provider, model)
-                except UpstreamError as error:
-                    record.upstream_ms += (time.perf_counter() - started) * 1000
-                    last = error
-                    self.on_upstream_error(model, error.kind)
-                    if error.kind not in (BAD_REQUEST,):
-                        self.breaker.failure(model)
-                    elif says_not_served(error.message):
-                        self._not_served(model, error.message)
-                    if not error.retryable or attempt > settings.retries:
-                        break
-                    delay = backoff_delay(
-                        attempt,
-                        error.retry_after_s,
-                        settings.backoff_base_s,
-                        settings.backoff_max_s,
-                        settings.max_retry_after_s,
-                    )
-                    if delay is None:
-                        break
-                    await asyncio.sleep(delay)
-                    record.upstream_ms += delay * 1000
-                    continue
-                record.upstream_ms += (time.perf_counter() - started) * 1000
-                self.breaker.success(model)
-                for candidate in record.candidates or []:  # the served model's, not the chosen's
-                    if candidate["model"] == model:
-                        record.p_pass = candidate["p_pass"]
-                return result, model
-            assert last is not None
+            outcome = "released"  # for the breaker: this request's end on this model
+            try:
+                result, last = await self._attempts(model, record, call, body)
+                if result is not None:
+                    outcome = "success"
+                    for candidate in record.candidates or []:  # the served model's P(pass)
+                        if candidate["model"] == model:
+                            record.p_pass = candidate["p_pass"]
+                    return result[0], model
+                assert last is not None
+                if last.kind != BAD_REQUEST:  # the upstream failed, not the request
+                    outcome = "failure"
+            finally:
+                if outcome == "success":
+                    self.breaker.success(model, tenant, request)
+                elif outcome == "failure":
+                    self.breaker.failure(model, tenant, request)
+                else:  # a budget refused it, or the upstream refused the request itself
+                    self.breaker.release(model, tenant, request)
             if record.hold is not None and self.spend is not None:
                 hold, record.hold = record.hold, None
                 self.spend.release(hold)
@@ -396,6 +405,52 @@ class Gateway:
                 }
             )
         raise final_error(last, plan)
+
+    async def _attempts(
+        self,
+        model: str,
+        record: RequestRecord,
+        call: Callable[[Provider, str], Awaitable[T]],
+        body: dict[str, Any],
+    ) -> tuple[tuple[T] | None, UpstreamError | None]:
+        """One model's attempts (its hold first, then retries on retryable failures): the
+        result (as a 1-tuple), or None and the last error."""
+        settings = self.settings
+        provider = self.provider_for(model)
+        assert provider is not None
+        if self.spend is not None:
+            record.hold = await self.spend.hold(record, model, body)
+        last: UpstreamError | None = None
+        for attempt in range(1, settings.retries + 2):
+            record.attempts += 1
+            if self.journal is not None:  # a call about to be made leaves a row, whatever
+                self.journal.attempt(record.row(), model)
+            started = time.perf_counter()
+            try:
+                result = await call(provider, model)
+            except UpstreamError as error:
+                record.upstream_ms += (time.perf_counter() - started) * 1000
+                last = error
+                self.on_upstream_error(model, error.kind)
+                if error.kind == BAD_REQUEST and says_not_served(error.message):
+                    self._not_served(model, error.message)
+                if not error.retryable or attempt > settings.retries:
+                    break
+                delay = backoff_delay(
+                    attempt,
+                    error.retry_after_s,
+                    settings.backoff_base_s,
+                    settings.backoff_max_s,
+                    settings.max_retry_after_s,
+                )
+                if delay is None:
+                    break
+                await asyncio.sleep(delay)
+                record.upstream_ms += delay * 1000
+                continue
+            record.upstream_ms += (time.perf_counter() - started) * 1000
+            return (result,), None
+        return None, last
 
     def _not_served(self, model: str, message: str) -> None:
         """An answer said the upstream does not serve ``model``: out of routing now, and in the

@@ -28,6 +28,7 @@ from service.api import (
     dashboard,
     experiments,
     health,
+    passthrough,
     records,
     routing,
 )
@@ -288,7 +289,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ledger.close()
 
     app = FastAPI(title="switchboard", lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    for module in (chat, routing, records, budgets, analytics, experiments, dashboard, health):
+    modules = (chat, passthrough, routing, records, budgets, analytics, experiments)
+    for module in (*modules, dashboard, health):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

@@ -63,7 +63,7 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
-    n: int | None = Field(None, ge=1, le=1)
+    n: int | None = Field(None, ge=1, le=128)  # answers; priced, recorded and held for all
     user: str | None = Field(None, max_length=200)
     switchboard: RoutingControls | None = None
 
@@ -84,9 +84,9 @@ class ChatRequest(BaseModel):
         return bool((self.stream_options or {}).get("include_usage"))
 
     def upstream_body(self) -> dict[str, Any]:
-        """The body to send upstream: the caller's, without switchboard's own fields."""
-        body = self.model_dump(exclude_none=True, exclude={"switchboard", "models", "model"})
-        return body
+        """The body to send upstream: what the caller sent (its explicit nulls too, such as an
+        assistant tool-call turn's ``content: null``), without switchboard's own fields."""
+        return self.model_dump(exclude_unset=True, exclude={"switchboard", "models", "model"})
 
 
 class RouteRequest(BaseModel):
@@ -94,6 +94,22 @@ class RouteRequest(BaseModel):
 
     messages: list[Message] | None = Field(None, min_length=1)
     prompt: str | None = Field(None, min_length=1)
+    switchboard: RoutingControls | None = None
+
+
+class PassthroughRequest(BaseModel):
+    """POST /v1/embeddings, /v1/completions and /v1/responses: the fields switchboard reads
+    (the rest pass through to the upstream unchecked)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+    model: str = Field(min_length=1)
+    input: str | list[Any] | None = None  # embeddings, responses
+    prompt: str | list[Any] | None = None  # legacy completions
+    instructions: str | None = None  # responses
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    max_output_tokens: int | None = Field(None, ge=1)
     switchboard: RoutingControls | None = None
 
 

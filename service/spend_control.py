@@ -124,12 +124,17 @@ class SpendControl:
         return [b for b in await self.store.all() if b.applies(principal, model)]
 
     async def bound(
-        self, principal: Principal, models: list[str], body: dict[str, Any]
+        self,
+        principal: Principal,
+        models: list[str],
+        body: dict[str, Any],
+        field: str = "max_tokens",
     ) -> dict[str, Any]:
-        """The upstream body, with ``max_tokens`` set if a budget may apply and it has none."""
+        """The upstream body, with its output limit ``field`` set if a budget may apply and it
+        has none."""
         budgets = await self.store.all()
         if any(b.applies(principal, m) for b in budgets for m in models):
-            return bound_output(body, self.settings)
+            return bound_output(body, self.settings, field)
         return body
 
     async def hold(self, record: RequestRecord, model: str, body: dict[str, Any]) -> Hold | None:

@@ -2,8 +2,10 @@
 
 The first upstream chunk is awaited before any byte goes out, so a model that fails at once
 can still be replaced by the next in the plan. After that, chunks are passed through as the
-bytes they arrived as. The upstream's usage chunk is held back: with ``include_usage`` the client
-gets it as the last chunk, with ``cost`` and the routing metadata, before ``[DONE]``. A failure
+JSON they arrived as but for their ``id``, which is the switchboard request id (as in a
+non-streamed answer), whatever the upstream called it. The upstream's usage chunk is held
+back: with ``include_usage`` the client gets it as the last chunk, with ``cost`` and the
+routing metadata, before ``[DONE]``. A failure
 after the first byte ends the stream with an SSE error event and no ``[DONE]``, so the client can
 tell the answer was cut.
 """
@@ -25,6 +27,15 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 def frame(data: bytes) -> bytes:
     return b"data: " + data + b"\n\n"
+
+
+def with_request_id(chunk: Chunk, request_id: str) -> bytes:
+    """The chunk's JSON with ``id`` the switchboard request id (as non-streamed answers have):
+    the id a client sends to /v1/feedback, whichever upstream streamed it."""
+    payload = chunk.payload if chunk.payload is not None else json.loads(chunk.data)
+    if payload.get("id") == request_id:
+        return chunk.data
+    return json.dumps({**payload, "id": request_id}, separators=(",", ":")).encode()
 
 
 def streamed_text(chunks: list[bytes]) -> str:
@@ -75,12 +86,13 @@ async def relay(
                 held = json.loads(chunk.data)
                 if held.get("choices"):  # usage riding on a content chunk: relay the content
                     content = {k: v for k, v in held.items() if k != "usage"}
-                    data = json.dumps(content).encode()
+                    data = json.dumps({**content, "id": record.id}).encode()
                     relayed.append(data)
                     yield frame(data)
             else:
-                relayed.append(chunk.data)
-                yield frame(chunk.data)
+                data = with_request_id(chunk, record.id)
+                relayed.append(data)
+                yield frame(data)
             waiting_started = time.perf_counter()
             chunk = await anext(upstream, None)
             record.upstream_ms += (time.perf_counter() - waiting_started) * 1000
@@ -89,7 +101,7 @@ async def relay(
             final = dict(held or {})
             final.update(
                 {
-                    "id": final.get("id", record.id),
+                    "id": record.id,
                     "object": "chat.completion.chunk",
                     "created": final.get("created", int(time.time())),
                     "model": final.get("model", record.served_model),

@@ -8,7 +8,9 @@ words (prompt: of all message texts); ``usage.cost`` is ``prompt_tokens * prompt
 completion_tokens * completion_price``, absent for unpriced models. Streams are SSE: ``:
 OPENROUTER PROCESSING``, a chunk per word, a finish chunk, a usage chunk (``choices: []``) only
 with ``stream_options.include_usage``, then ``data: [DONE]``. Errors have OpenRouter's shape
-``{"error": {"code", "message", "metadata"?}}``. ``GET /api/v1/models`` lists the priced models.
+``{"error": {"code", "message", "metadata"?}}``. ``GET /api/v1/models`` lists the priced
+models. A request for a JSON ``response_format`` is answered with one JSON object,
+``{"echo": <last user text>}``; with ``n`` it answers ``n`` choices, all billed.
 
 Control API: ``POST /_control/faults`` ``{"model": id or "*", "fault": kind, "times": 1 (-1 =
 forever), "latency_ms"?, "retry_after"?}`` (``GET`` lists, ``DELETE`` clears the rules);
@@ -26,6 +28,11 @@ only adds ``latency_ms``. Per request, every matching ``none`` rule adds its lat
 first other matching rule (registration order) fires;
 each counts its ``times`` down. Non-streamed requests skip (do not use up) stream-only rules.
 Waits end early when the client disconnects.
+
+With ``capabilities`` (``catalog_capabilities(models)``), the listing states what each model
+supports (``supported_parameters``, ``architecture.input_modalities``, ``context_length``) and a
+request using what its model does not support gets OpenRouter's 404 "No endpoints found that
+support ...".
 
 Judge mode (``judge_grades``, ``switchboard fake-upstream --judge``), for trying calibration
 offline: every answer names the model that wrote it (``echo[<model>]: ...``), and a grading
@@ -64,6 +71,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 Prices = dict[str, tuple[float, float]]
+Capabilities = dict[str, dict[str, Any]]  # model -> supported_parameters, input_modalities
 PROVIDER = "FakeProvider"
 FAULT_KINDS = (
     *("none", "429", "500", "502", "503", "timeout", "slow_first_byte", "reset", "malformed"),
@@ -191,9 +199,15 @@ class Fault:
 class UpstreamState:
     """Prices, fault rules and request log of one fake upstream; safe to use from any thread."""
 
-    def __init__(self, prices: Prices | None = None, judge_grades: dict[str, int] | None = None):
+    def __init__(
+        self,
+        prices: Prices | None = None,
+        judge_grades: dict[str, int] | None = None,
+        capabilities: Capabilities | None = None,
+    ):
         self.prices = dict(prices) if prices is not None else None
         self.judge_grades = judge_grades  # None: not in judge mode
+        self.capabilities = capabilities or {}  # model -> what its listing states
         self.lock = threading.Lock()
         self.rules: list[Fault] = []
         self.requests: list[dict[str, Any]] = []
@@ -254,6 +268,7 @@ class _Answer:
     tool_call: dict[str, Any] | None
     finish: str
     usage: dict[str, Any]
+    n: int = 1  # choices, each the same answer (``n`` in the request)
 
 
 def _text(content: Any) -> str:
@@ -285,6 +300,12 @@ def _reply_text(last_user: str, model: str, grades: dict[str, int] | None) -> st
     return f"echo[{model}]: " + last_user
 
 
+def _asks_json(body: dict[str, Any]) -> bool:
+    response_format = body.get("response_format")
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    return kind in ("json_object", "json_schema")
+
+
 def _answer(
     body: dict[str, Any],
     model: str,
@@ -302,12 +323,17 @@ def _answer(
         function = {"name": str((tools[0].get("function") or {}).get("name")), "arguments": "{}"}
         tool_call = {"id": f"call_{gen_id}", "type": "function", "function": function}
         finish, completion_tokens = "tool_calls", 2  # the name and the arguments
+    elif _asks_json(body):  # a structured answer: one JSON object
+        pieces, completion_tokens = [json.dumps({"echo": last_user})], 1
     else:
         pieces = re.findall(r"\s*\S+", _reply_text(last_user, model, judge_grades))
         limit = body.get("max_tokens", body.get("max_completion_tokens"))
         if isinstance(limit, int) and len(pieces) > limit:
             pieces, finish = pieces[: max(limit, 0)], "length"
         completion_tokens = len(pieces)
+    n = body.get("n")
+    answers = n if isinstance(n, int) and n > 1 else 1
+    completion_tokens *= answers  # every choice is billed
     usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -317,7 +343,7 @@ def _answer(
     }
     if prices is not None and model in prices:
         usage["cost"] = prompt_tokens * prices[model][0] + completion_tokens * prices[model][1]
-    return _Answer(pieces, tool_call, finish, usage)
+    return _Answer(pieces, tool_call, finish, usage, answers)
 
 
 def _head(model: str, gen_id: str, kind: str) -> dict[str, Any]:
@@ -332,7 +358,7 @@ def _completion(model: str, gen_id: str, answer: _Answer) -> dict[str, Any]:
     message: dict[str, Any] = dict(role="assistant", content="".join(answer.pieces), refusal=None)
     if answer.tool_call:
         message |= {"content": None, "tool_calls": [answer.tool_call]}
-    choices = [_choice(answer.finish, message=message)]
+    choices = [_choice(answer.finish, message=message) | {"index": i} for i in range(answer.n)]
     return _head(model, gen_id, "chat.completion") | {"choices": choices, "usage": answer.usage}
 
 
@@ -376,6 +402,30 @@ def _rejection(request: Request, body: Any, prices: Prices | None) -> JSONRespon
         return _error(400, "model is required")
     if prices is not None and model not in prices:
         return _error(400, f"{model} is not a valid model ID")
+    return _unsupported(body, _state(request).capabilities.get(model))
+
+
+def _unsupported(body: dict[str, Any], stated: dict[str, Any] | None) -> JSONResponse | None:
+    """OpenRouter's 404 for a request using what the model's listing does not support."""
+    if stated is None:
+        return None
+    parameters = set(stated.get("supported_parameters") or [])
+    modalities = set(stated.get("input_modalities") or ["text"])
+    if body.get("tools") and "tools" not in parameters:
+        return _error(404, "No endpoints found that support tool use.")
+    response_format = body.get("response_format")
+    schema = isinstance(response_format, dict) and response_format.get("type") == "json_schema"
+    if schema and not parameters & {"structured_outputs", "response_format"}:
+        return _error(404, "No endpoints found that can handle the requested parameters.")
+    parts = [
+        part
+        for message in body.get("messages") or []
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"]
+    ]
+    images = any(isinstance(p, dict) and p.get("type") == "image_url" for p in parts)
+    if images and "image" not in modalities:
+        return _error(404, "No endpoints found that support image input.")
     return None
 
 
@@ -478,10 +528,76 @@ def _price(value: float) -> str:
 
 async def _models(request: Request) -> JSONResponse:
     data = []
-    for model, (prompt, completion) in (_state(request).prices or {}).items():
+    state = _state(request)
+    for model, (prompt, completion) in (state.prices or {}).items():
         pricing = {"prompt": _price(prompt), "completion": _price(completion), "request": "0"}
-        data.append(dict(id=model, name=f"Fake: {model}", pricing=pricing, context_length=128_000))
+        entry = dict(id=model, name=f"Fake: {model}", pricing=pricing, context_length=128_000)
+        stated = state.capabilities.get(model)
+        if stated is not None:
+            entry["supported_parameters"] = list(stated.get("supported_parameters") or [])
+            modalities = list(stated.get("input_modalities") or ["text"])
+            entry["architecture"] = {"input_modalities": modalities}
+            entry["context_length"] = stated.get("context_length") or 128_000
+        data.append(entry)
     return JSONResponse({"data": data})
+
+
+async def _other_endpoint(request: Request) -> JSONResponse:
+    """``/embeddings`` (an 8-number vector per input), ``/completions`` (``"echo: " + prompt``)
+    and ``/responses`` (``"echo: " + input text``), priced like chat; logged like chat."""
+    state = _state(request)
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        return _error(400, "model is required")
+    model, endpoint = body["model"], request.url.path.rsplit("/", 1)[-1]
+    entry = {"path": request.url.path, "model": model, "stream": False, "body": body}
+    with state.lock:
+        state.requests.append(entry | {"headers": {}, "fault": None, "time": time.time()})
+    if state.prices is not None and model not in state.prices:
+        return _error(400, f"{model} is not a valid model ID")
+    prompt_price, completion_price = (state.prices or {}).get(model, (0.0, 0.0))
+    gen_id = state.next_generation_id()
+    if endpoint == "embeddings":
+        inputs = body.get("input")
+        texts = inputs if isinstance(inputs, list) else [inputs]
+        tokens = sum(len(str(t).split()) for t in texts)
+        data = [{"object": "embedding", "index": i, "embedding": [0.125] * 8}
+                for i in range(len(texts))]  # fmt: skip
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens, "cost": tokens * prompt_price}
+        return JSONResponse({"object": "list", "data": data, "model": model, "usage": usage})
+    text = str(body.get("prompt") if endpoint == "completions" else _input_text(body.get("input")))
+    words = re.findall(r"\s*\S+", "echo: " + text)
+    prompt_tokens, completion_tokens = len(text.split()), len(words)
+    cost = prompt_tokens * prompt_price + completion_tokens * completion_price
+    if endpoint == "completions":
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens, "cost": cost}  # fmt: skip
+        choice = {"index": 0, "text": "".join(words), "finish_reason": "stop"}
+        answer = {"id": gen_id, "object": "text_completion", "model": model, "choices": [choice]}
+        return JSONResponse(answer | {"usage": usage})
+    usage = {"input_tokens": prompt_tokens, "output_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens, "cost": cost}  # fmt: skip
+    content = [{"type": "output_text", "text": "".join(words), "annotations": []}]
+    output = [{"type": "message", "id": f"msg_{gen_id}", "role": "assistant",
+               "status": "completed", "content": content}]  # fmt: skip
+    return JSONResponse({"id": f"resp_{gen_id}", "object": "response", "status": "completed",
+                         "model": model, "output": output, "usage": usage})  # fmt: skip
+
+
+def _input_text(given: Any) -> str:
+    if isinstance(given, str):
+        return given
+    texts = []
+    for item in given if isinstance(given, list) else []:
+        content = item.get("content") if isinstance(item, dict) else None
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts += [str(p.get("text", "")) for p in content if isinstance(p, dict)]
+    return " ".join(texts)
 
 
 async def _control(request: Request) -> JSONResponse:
@@ -504,7 +620,9 @@ async def _control(request: Request) -> JSONResponse:
 
 
 def create_fake_upstream(
-    prices: Prices | None = None, judge_grades: dict[str, int] | None = None
+    prices: Prices | None = None,
+    judge_grades: dict[str, int] | None = None,
+    capabilities: Capabilities | None = None,
 ) -> Starlette:
     """Build the fake upstream app; ``prices`` maps model id to USD per (prompt, completion) token.
 
@@ -518,8 +636,10 @@ def create_fake_upstream(
     for prefix in ("/api/v1", "/v1"):
         routes.append(Route(f"{prefix}/chat/completions", _chat, methods=["POST"]))
         routes.append(Route(f"{prefix}/models", _models, methods=["GET"]))
+        for path in ("embeddings", "completions", "responses"):
+            routes.append(Route(f"{prefix}/{path}", _other_endpoint, methods=["POST"]))
     app = Starlette(routes=routes)
-    app.state.upstream = UpstreamState(prices, judge_grades)
+    app.state.upstream = UpstreamState(prices, judge_grades, capabilities)
     return app
 
 
@@ -552,8 +672,9 @@ class FakeUpstreamServer:
         host: str = "127.0.0.1",
         port: int = 0,
         judge_grades: dict[str, int] | None = None,
+        capabilities: Capabilities | None = None,
     ):
-        self.app = create_fake_upstream(prices, judge_grades)
+        self.app = create_fake_upstream(prices, judge_grades, capabilities)
         self.state: UpstreamState = self.app.state.upstream
         self.host, self.port = host, port
         self._server: uvicorn.Server | None = None
@@ -627,3 +748,21 @@ def catalog_prices(models: list[str] | None = None) -> Prices:
         if info.prompt_usd_per_token is not None and info.completion_usd_per_token is not None:
             prices[model] = (info.prompt_usd_per_token, info.completion_usd_per_token)
     return prices
+
+
+def catalog_capabilities(models: list[str]) -> Capabilities:
+    """What the shipped catalog states each of ``models`` supports, for an OpenRouter-like
+    fake (models it states nothing of are left out: accepted with anything)."""
+    from service.catalog import Catalog
+
+    catalog = Catalog.load()
+    stated: Capabilities = {}
+    for model in models:
+        info = catalog.get(model)
+        if info.supported_parameters is not None:
+            stated[model] = {
+                "supported_parameters": list(info.supported_parameters),
+                "input_modalities": list(info.input_modalities or ("text",)),
+                "context_length": info.context_length,
+            }
+    return stated

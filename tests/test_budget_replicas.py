@@ -89,6 +89,9 @@ def test_two_processes_never_spend_past_a_hard_cap_and_alert_once(database_url, 
             "SWITCHBOARD_UPSTREAM": "openrouter",
             "SWITCHBOARD_BUDGET_REFRESH_S": "0",
             "SWITCHBOARD_ALLOW_PRIVATE_WEBHOOKS": "true",
+            # the whole flood in flight at once: the budget, not the tenant's concurrency
+            # limit, is what refuses
+            "SWITCHBOARD_MAX_CONCURRENCY_PER_TENANT": str(REQUESTS),
         }
         replicas = [ServiceProcess(env, log_path=tmp_path / f"replica{i}.log") for i in (1, 2)]
         for replica in replicas:

@@ -63,7 +63,8 @@ def test_logged_traffic_becomes_outcomes_with_propensities(loop):
     assert (logged["propensity"] < 0.5).any() and (logged["propensity"] > 0.7).any()
     outcomes = traffic_outcomes(logged)
     assert set(outcomes["source"]) == {"traffic"} and len(outcomes) == len(prompts)
-    assert set(outcomes["split"]) == {"train", "val", "test"}
+    # split by prompt hash (these are public training prompts: their hashes fall in train/val)
+    assert {"train", "val"} <= set(outcomes["split"]) <= {"train", "val", "test"}
 
 
 def test_the_off_policy_estimate_of_a_known_router_covers_its_replayed_value(loop):

@@ -103,7 +103,9 @@ def test_auto_routing_answers_with_the_served_model_cost_and_headers(service, cl
     assert row["cost_usd"] == pytest.approx(completion.usage.cost)
     assert row["upstream_cost_usd"] == pytest.approx(row["catalog_cost_usd"])
     assert row["prompt_tokens"] == completion.usage.prompt_tokens
-    assert len(row["candidates"]) == len(router_models)
+    considered = {c["model"] for c in row["candidates"]} | {m["model"] for m in row["left_out"]}
+    assert considered == set(router_models)  # each one a candidate, or left out with a reason
+    assert all(m["reason"] for m in row["left_out"])
     assert row["propensity"] == 1.0 and row["threshold"] > 0
     assert row["prompt"] is None  # content is not stored unless configured
     assert completion.model_extra["switchboard"]["rule"] in (
@@ -323,11 +325,36 @@ def test_an_open_circuit_takes_a_failing_model_out_of_routing(upstream, service,
         first, _ = ask(client)
         chosen = first.model
         fault(upstream, model=chosen, fault="500", times=-1)
-        ask(client)  # three failures on the chosen model: its circuit opens
+        ask(client)  # two requests failed on the chosen model (after their retries)
+        ask(client)
         completion, _ = ask(client)
         row = ledger(service, key, completion.id)
         assert completion.model != chosen
         assert chosen not in [c["model"] for c in row["candidates"]]
+    finally:
+        state.gateway.breaker = CircuitBreaker(failures=1000, cooldown_s=60)
+
+
+def test_one_failing_request_retried_by_its_client_leaves_the_circuit_closed(
+    upstream, service, key
+):
+    state = service.app_state()
+    state.gateway.breaker = CircuitBreaker(failures=5, cooldown_s=60)
+    try:
+        retrying = OpenAI(base_url=f"{service.url}/v1", api_key=key, max_retries=2)
+        fault(upstream, model=EXPLICIT, fault="500", times=9)  # 3 client tries x 3 attempts
+        before = len(upstream.state.requests)
+        with pytest.raises(openai.InternalServerError):
+            retrying.chat.completions.create(
+                model=EXPLICIT, messages=[{"role": "user", "content": PROMPT}]
+            )
+        failed = [e for e in upstream.state.requests[before:] if e["fault"] == "500"]
+        assert len(failed) == 9
+        assert not state.gateway.breaker.is_open(EXPLICIT)
+        answer = retrying.chat.completions.create(
+            model=EXPLICIT, messages=[{"role": "user", "content": PROMPT}]
+        )
+        assert answer.model == EXPLICIT  # the next request is served
     finally:
         state.gateway.breaker = CircuitBreaker(failures=1000, cooldown_s=60)
 
@@ -572,3 +599,37 @@ def test_route_models_health_and_metrics_endpoints(service, key, client):
 def test_unknown_routes_answer_in_openai_error_shape(service):
     response = httpx.get(f"{service.url}/v1/nothing-here")
     assert response.status_code == 404 and "error" in response.json()
+
+
+def test_the_breaker_counts_requests_over_a_window_and_tenants_apart():
+    breaker = CircuitBreaker(failures=3, cooldown_s=60, window_s=60, failure_ratio=0.5)
+    for request in range(3):  # one tenant's failures: its own circuit, not everyone's
+        breaker.failure("m", "acme", request)
+    assert breaker.is_open("m", "acme") and not breaker.is_open("m", "globex")
+    assert breaker.allows("m", "globex", "g1")
+    shared = CircuitBreaker(failures=3, cooldown_s=60)
+    for request, tenant in enumerate(["acme", "globex", "acme"]):
+        shared.failure("m", tenant, request)
+    assert shared.is_open("m", "initech")  # a burst from several tenants: everyone's
+    mostly_fine = CircuitBreaker(failures=3, cooldown_s=60, failure_ratio=0.5)
+    for request in range(10):
+        mostly_fine.success("m", "acme" if request % 2 else "globex", request)
+    for request, tenant in enumerate(["acme", "globex", "acme"]):
+        mostly_fine.failure("m", tenant, 100 + request)
+    assert not mostly_fine.is_open("m", "acme")  # 3 of 13 requests failed: under the ratio
+
+
+def test_a_half_open_trial_refused_by_a_budget_does_not_reopen_the_circuit():
+    breaker = CircuitBreaker(failures=2, cooldown_s=0.05)
+    for request, tenant in enumerate(["a", "b"]):
+        breaker.failure("m", tenant, request)
+    assert not breaker.allows("m", "a", "during")
+    import time as clock
+
+    clock.sleep(0.06)
+    assert breaker.allows("m", "a", "trial")  # the one trial of a cooled circuit
+    assert not breaker.allows("m", "b", "other")  # others wait for it
+    breaker.release("m", "a", "trial")  # refused by a budget: neither outcome
+    assert breaker.allows("m", "b", "next-trial")  # the next request may try
+    breaker.success("m", "b", "next-trial")
+    assert not breaker.is_open("m", "a") and breaker.allows("m", "a", "after")

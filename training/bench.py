@@ -37,6 +37,7 @@ from training.train import (
 )
 
 LENGTHS_TOKENS = (12, 64, 256, 1000)
+CANDIDATES = 64  # a decision over at least this many models
 REPEATS = 200
 WARMUP = 20
 
@@ -72,8 +73,20 @@ def time_calls(call: Callable[[str], Any], prompts: Sequence[str]) -> dict[str, 
     }
 
 
+def bench_candidates(router: LearnedRouter, catalog: Catalog) -> list[str]:
+    """Every priced model the router scores, and, for an open router with fewer than
+    ``CANDIDATES``, priced catalog models on their prior until there are that many."""
+    models = [m for m in router.models if m in catalog and catalog.get(m).priced]
+    if router.open:
+        extra = (m for m in catalog.ids() if catalog.get(m).priced and m not in set(models))
+        while len(models) < CANDIDATES:
+            models.append(next(extra))
+    return models
+
+
 def decision_latency(router: LearnedRouter, catalog: Catalog, outcomes: pd.DataFrame) -> list[dict]:
     """Routing-decision latency of ``router`` with each embedder, by prompt length."""
+    candidates = bench_candidates(router, catalog)
     rows = []
     for name, embedder_class in (
         (StaticMiniLMEmbedder.name, StaticMiniLMEmbedder),
@@ -84,9 +97,19 @@ def decision_latency(router: LearnedRouter, catalog: Catalog, outcomes: pd.DataF
         embedder.encode(["warm up the model"])
         for tokens in LENGTHS_TOKENS:
             prompts = prompts_of_length(outcomes, tokens)
-            timing = time_calls(lambda p: route(router, catalog, p), prompts)
+            timing = time_calls(
+                lambda p: route(router, catalog, p, allowed_models=candidates), prompts
+            )
             pieces = np.mean([len(p) / 4 for p in prompts])
-            rows.append({"embedder": name, "prompt_tokens": tokens, "measured": pieces, **timing})
+            rows.append(
+                {
+                    "embedder": name,
+                    "prompt_tokens": tokens,
+                    "measured": pieces,
+                    "candidates": len(candidates),
+                    **timing,
+                }
+            )
     return rows
 
 
@@ -143,8 +166,10 @@ def routing_section(latency: list[dict], quality: list[dict], router: LearnedRou
         "",
         f"`switchboard bench` on {datetime.now(UTC).date().isoformat()}; machine: {machine()}.",
         "",
-        f"One decision = featurize the prompt, score all {len(router.models)} models with the "
-        f"shipped router ({router.metadata.get('learner')}), and apply the threshold rule; one "
+        f"One decision = featurize the prompt, score {latency[0]['candidates']} candidate models "
+        f"with the shipped router ({router.metadata.get('learner')}: the priced models it "
+        "scores from graded answers, and priced catalog models on their prior up to "
+        f"{CANDIDATES}), and apply the threshold rule; one "
         f"prompt at a time on one core (BLAS and torch limited to one thread), {REPEATS} calls "
         f"per row after {WARMUP} warm-up calls, real test prompts cut or extended to the length.",
         "",

@@ -199,7 +199,6 @@ def _onboarding(
     without(shipped, model).save(staging)
     replace_dir(staging, router_dir)
     _wait_for_version(url, key, prompts[0], LearnedRouter.load(router_dir).version)
-    echo(f"\nOnboarding: {model}, the learned router's most used model, is taken out of it")
     before = send(url, key, prompts, graded, "switchboard/auto", concurrency=CONCURRENCY)
     rows = outcomes[
         (outcomes["model"] == model)
@@ -220,15 +219,17 @@ def _onboarding(
     _wait_for_version(url, key, prompts[0], LearnedRouter.load(router_dir).version)
     after = send(url, key, prompts, graded, "switchboard/auto", concurrency=CONCURRENCY)
     arms = {"with it (shipped)": full, f"without {model}": before, "after onboarding": after}
+    width = max(len(label) for label in arms) + 2
     lines = [
+        f"\nOnboarding: {model}, the learned router's most used model, is taken out of it,",
         f"then onboarded from {ONBOARD_PROMPTS} graded training prompts "
         "(`switchboard models onboard`), and the same traffic routed each time:\n",
-        f"{'':24s} {'spend $':>9s} {'pass rate':>9s} {'share of ' + model:>44s}",
+        f"{'':{width}s} {'spend $':>9s} {'pass rate':>9s}  share of {model}",
     ]
     for label, served in arms.items():
         row = summarize(served)
         share = sum(s.model == model for s in served) / len(served)
-        lines.append(f"{label:24s} {row['spend']:9.4f} {row['pass_rate']:9.3f} {share:44.1%}")
+        lines.append(f"{label:{width}s} {row['spend']:9.4f} {row['pass_rate']:9.3f}  {share:.1%}")
     return Onboarded(lines, {"onboarding: without": before, "onboarding: after": after})
 
 

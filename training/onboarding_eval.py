@@ -75,6 +75,23 @@ def _measure(router: LearnedRouter, data: SourceEvaluation, model: str) -> Measu
     )
 
 
+def fitted(
+    table: pd.DataFrame,
+    featurizer: Featurizer,
+    catalog: Catalog,
+    sources: Sequence[str],
+    seed: int = 0,
+) -> LearnedRouter:
+    """The factorized scorer (and its prior) fitted on the training split of ``table``."""
+    data = training_data(table, ["train"], sources, DEFAULT_BAR)
+    X = featurizer.transform(data.prompts)
+    scorer = LEARNERS["factorized"](featurizer.embedder.dim, seed)
+    scorer.fit(X, data.prompt_index, data.model_index, data.passed)
+    prior, ratings = fit_prior(scorer, data.models, catalog)
+    return LearnedRouter(scorer, data.models, featurizer.embedder.name, DEFAULT_BAR, 0.5,
+                         prior=prior, ratings=ratings)  # fmt: skip
+
+
 def held_out_model(
     outcomes: pd.DataFrame,
     featurizer: Featurizer,
@@ -82,28 +99,19 @@ def held_out_model(
     model: str,
     source: str,
     sources: Sequence[str],
+    everything: LearnedRouter,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Rows of the table for one held-out model: every k and seed, the prior, the all-data."""
+    """Rows of the table for one held-out model: every k and seed, the prior, and the
+    all-data router ``everything`` (``fitted`` on every model's training outcomes)."""
     train_rows = outcomes[outcomes["split"] == "train"]
     (test_set,) = evaluation_sets(outcomes, "test", [source], featurizer, catalog)
     if model not in test_set.models:
         raise ValueError(f"{model} is not routed in {source}'s test set")
     rows: list[dict[str, Any]] = []
-
-    def fitted(table: pd.DataFrame) -> LearnedRouter:
-        data = training_data(table, ["train"], sources, DEFAULT_BAR)
-        X = featurizer.transform(data.prompts)
-        scorer = LEARNERS["factorized"](featurizer.embedder.dim, seed)
-        scorer.fit(X, data.prompt_index, data.model_index, data.passed)
-        prior, ratings = fit_prior(scorer, data.models, catalog)
-        return LearnedRouter(scorer, data.models, featurizer.embedder.name, DEFAULT_BAR, 0.5,
-                             prior=prior, ratings=ratings)  # fmt: skip
-
-    everything = fitted(train_rows)
     measured = _measure(everything, test_set, model)
     rows.append({"model": model, "k": "all data", "seed": None, **measured.__dict__})
-    without = fitted(train_rows[train_rows["model"] != model])
+    without = fitted(train_rows[train_rows["model"] != model], featurizer, catalog, sources, seed)
     own = train_rows[(train_rows["model"] == model) & (train_rows["source"].isin(sources))]
     own = own.drop_duplicates("prompt_id")
     features = featurizer.transform(list(own["prompt"]))

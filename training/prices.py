@@ -11,7 +11,9 @@ Which price a model gets, in order:
 4. Otherwise no price (``null``), never 0.
 
 Each entry also carries the model's typical answer length, the mean token count of its recorded
-answers, used to estimate the cost of rows and routing decisions that lack real token counts.
+answers, used to estimate the cost of rows and routing decisions that lack real token counts,
+and what the newest listing of it states it supports (parameters, input modalities), whichever
+snapshot its price comes from.
 """
 
 from __future__ import annotations
@@ -111,10 +113,19 @@ def build_catalog(raw_dir: Path, outcomes: pd.DataFrame) -> Catalog:
     """The catalog of every OpenRouter model seen plus every dataset model."""
     dataset_models = set(outcomes["model"].unique())
     models: dict[str, ModelInfo] = {}
+    stated: dict[str, ModelInfo] = {}  # the newest listing of each model: what it supports
     for _, snapshot in _snapshots(raw_dir):  # oldest first; newer lists overwrite other models
         for model_id, info in snapshot.items():
             if model_id not in models or model_id not in dataset_models:
                 models[model_id] = info
+            if info.supported_parameters is not None or info.input_modalities is not None:
+                stated[model_id] = info
+    for model_id, newest in stated.items():  # capabilities now, whichever era priced it
+        models[model_id] = replace(
+            models[model_id],
+            supported_parameters=newest.supported_parameters,
+            input_modalities=newest.input_modalities,
+        )
     own_prices = _dataset_prices(raw_dir)
     lengths = typical_output_tokens(outcomes)
     for model_id in sorted(dataset_models):

@@ -186,11 +186,12 @@ def onboarding_section(outcomes: Any, catalog: Catalog, router: LearnedRouter) -
     from training import onboarding_eval
 
     featurizer = cached_featurizer(router.embedder_name)
+    everything = onboarding_eval.fitted(outcomes, featurizer, catalog, SHIPPED_SOURCES)
     rows = []
     for model, source in onboarding_eval.HELD_OUT.items():
         log.info("onboarding %s", model)
         rows += onboarding_eval.held_out_model(
-            outcomes, featurizer, catalog, model, source, SHIPPED_SOURCES
+            outcomes, featurizer, catalog, model, source, SHIPPED_SOURCES, everything
         )
     table = onboarding_eval.summarize(rows)
     lines = [

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request
 
 from service.api.common import documented_body, json_body
 from service.auth import authenticate
-from service.errors import InvalidRequest
+from service.catalog import canonical_model_id
+from service.errors import InvalidRequest, NotFound
 from service.gateway import RouteContext
 from service.ledger import Principal
 from service.record import RequestRecord
@@ -54,50 +55,66 @@ def _price(value: float | None) -> str | None:
     return None if value is None else format(value, ".12f").rstrip("0").rstrip(".") or "0"
 
 
+def _entry(state: Any, model_id: str) -> dict[str, Any]:
+    """One catalog model in OpenAI's model shape, with OpenRouter-style pricing."""
+    gateway = state.gateway
+    info = state.catalog.get(model_id)
+    return {
+        "id": info.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": info.id.split("/")[0],
+        "name": info.name,
+        "context_length": info.context_length,
+        "pricing": {
+            "prompt": _price(info.prompt_usd_per_token),
+            "completion": _price(info.completion_usd_per_token),
+            "request": _price(info.request_usd),
+        },
+        "switchboard": {
+            # a candidate of switchboard/auto (scored from graded answers), or routable when
+            # allowed_models names it (on its prior, if not calibrated)
+            "routable": info.id in gateway.router.models,
+            "graded_prompts": gateway.router.graded_prompts(info.id),
+            "calibrated": gateway.calibrated(info.id),
+            "served": gateway.provider_for(info.id) is not None,
+            "not_served_because": gateway.availability.unavailable(info.id),
+            "price_source": info.price_source,
+            "price_seen_at": info.price_seen_at,
+        },
+    }
+
+
+def _auto_entry(state: Any) -> dict[str, Any]:
+    return {
+        "id": AUTO_MODEL,
+        "object": "model",
+        "created": 0,
+        "owned_by": "switchboard",
+        "name": "switchboard learned router",
+        "pricing": {"prompt": "-1", "completion": "-1"},
+        "switchboard": {"routable": False, "candidates": sorted(state.gateway.router.models)},
+    }
+
+
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
     """The catalog in OpenAI list shape with OpenRouter-style pricing (USD per token)."""
     state = request.app.state
     await authenticate(request)
-    gateway = state.gateway
-    routable = set(gateway.router.models)
-    data: list[dict[str, Any]] = [
-        {
-            "id": AUTO_MODEL,
-            "object": "model",
-            "created": 0,
-            "owned_by": "switchboard",
-            "name": "switchboard learned router",
-            "pricing": {"prompt": "-1", "completion": "-1"},
-            "switchboard": {"routable": False, "candidates": sorted(routable)},
-        }
-    ]
-    for model_id in state.catalog.ids():
-        info = state.catalog.get(model_id)
-        data.append(
-            {
-                "id": info.id,
-                "object": "model",
-                "created": 0,
-                "owned_by": info.id.split("/")[0],
-                "name": info.name,
-                "context_length": info.context_length,
-                "pricing": {
-                    "prompt": _price(info.prompt_usd_per_token),
-                    "completion": _price(info.completion_usd_per_token),
-                    "request": _price(info.request_usd),
-                },
-                "switchboard": {
-                    # a candidate of switchboard/auto (scored from graded answers), or
-                    # routable when allowed_models names it (on its prior, if not calibrated)
-                    "routable": info.id in routable,
-                    "graded_prompts": gateway.router.graded_prompts(info.id),
-                    "calibrated": gateway.calibrated(info.id),
-                    "served": gateway.provider_for(info.id) is not None,
-                    "not_served_because": gateway.availability.unavailable(info.id),
-                    "price_source": info.price_source,
-                    "price_seen_at": info.price_seen_at,
-                },
-            }
-        )
+    data = [_auto_entry(state), *(_entry(state, m) for m in state.catalog.ids())]
     return {"object": "list", "data": data}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def model(model_id: str, request: Request) -> dict[str, Any]:
+    """One model (the openai SDK's ``models.retrieve``); 404 ``model_not_found``."""
+    state = request.app.state
+    await authenticate(request)
+    if model_id == AUTO_MODEL:
+        return _auto_entry(state)
+    if model_id not in state.catalog:
+        raise NotFound(
+            f"model {model_id!r} is not in the catalog", param="model", code="model_not_found"
+        )
+    return _entry(state, canonical_model_id(model_id))

@@ -75,6 +75,7 @@ class Chunk:
     data: bytes
     usage: Usage | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    payload: dict[str, Any] | None = None  # ``data`` parsed, where the adapter parsed it
 
 
 class Provider(Protocol):

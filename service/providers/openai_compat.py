@@ -68,7 +68,8 @@ class OpenAICompatibleProvider:
         stream_usage: bool = True,
     ):
         self.name = name
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
         self.client = client
         self._serves = serves
         self._native = native
@@ -81,11 +82,10 @@ class OpenAICompatibleProvider:
     def _fail(self, kind: str, message: str, status: int | None = None) -> UpstreamError:
         return UpstreamError(kind, f"{self.name}: {message}", status, provider=self.name)
 
-    async def complete(self, model: str, body: dict[str, Any]) -> Completion:
-        payload = {**body, "model": self._native(model), "stream": False}
-        payload.pop("stream_options", None)
+    async def _post(self, url: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST ``payload`` as JSON; the answer's JSON object, or an UpstreamError."""
         try:
-            response = await self.client.post(self.url, json=payload, headers=self.headers)
+            response = await self.client.post(url, json=payload, headers=self.headers)
         except httpx.TimeoutException as error:
             raise self._fail(TIMEOUT, f"timed out ({type(error).__name__})") from None
         except httpx.TransportError as error:
@@ -101,13 +101,24 @@ class OpenAICompatibleProvider:
             result = response.json()
         except ValueError:
             raise self._fail(MALFORMED, "answer is not JSON", response.status_code) from None
-        if not isinstance(result, dict) or "error" in result:
+        if not isinstance(result, dict) or result.get("error"):
             detail = result.get("error") if isinstance(result, dict) else None
             message = detail.get("message") if isinstance(detail, dict) else "unexpected answer"
             raise self._fail(SERVER_ERROR, str(message), response.status_code)
+        return result
+
+    async def complete(self, model: str, body: dict[str, Any]) -> Completion:
+        payload = {**body, "model": self._native(model), "stream": False}
+        payload.pop("stream_options", None)
+        result = await self._post(self.url, payload)
         if not isinstance(result.get("choices"), list):
-            raise self._fail(MALFORMED, "answer has no choices", response.status_code)
+            raise self._fail(MALFORMED, "answer has no choices", 200)
         return Completion(body=result, usage=usage_from(result))
+
+    async def forward(self, path: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` (model replaced) to another endpoint of the same API: ``/embeddings``,
+        ``/completions``, ``/responses``; the JSON answer."""
+        return await self._post(self.base_url + path, {**body, "model": self._native(model)})
 
     async def stream(self, model: str, body: dict[str, Any]) -> AsyncIterator[Chunk]:
         payload = {**body, "model": self._native(model), "stream": True}
@@ -158,7 +169,8 @@ class OpenAICompatibleProvider:
             error = parsed["error"]
             message = error.get("message") if isinstance(error, dict) else str(error)
             raise self._fail(SERVER_ERROR, f"error in stream: {message}")
-        return Chunk(data=data, usage=usage_from(parsed) if "usage" in parsed else None)
+        usage = usage_from(parsed) if "usage" in parsed else None
+        return Chunk(data=data, usage=usage, payload=parsed)
 
 
 def openrouter(

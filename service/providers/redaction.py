@@ -82,6 +82,18 @@ class Redacting:
         completion.body = self.redactor.body(completion.body)
         return completion
 
+    @property
+    def forwards(self) -> bool:
+        """Whether the wrapped provider takes other endpoints of its API (``forward``)."""
+        return hasattr(self.inner, "forward")
+
+    async def forward(self, path: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result = await self.inner.forward(path, model, body)  # type: ignore[attr-defined]
+        except Exception as exc:
+            raise self._failure(exc) from None
+        return self.redactor.body(result)
+
     async def stream(self, model: str, body: dict[str, Any]) -> AsyncIterator[Chunk]:
         upstream = self.inner.stream(model, body)
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,41 +32,104 @@ def backoff_delay(
     return (rng or random).uniform(0, ceiling)
 
 
-class CircuitBreaker:
-    """Per-model breaker: opens after ``failures`` consecutive failures, lets one trial call
-    through after ``cooldown_s``, closes again on a success."""
+EVERYONE = "*"  # the circuit every tenant shares
 
-    def __init__(self, failures: int, cooldown_s: float):
+
+class CircuitBreaker:
+    """Per-model breaker over the requests of a recent window, not over attempts.
+
+    Each request counts once per model, with its outcome there after its retries (a success, or
+    a failure the upstream caused: 5xx, timeouts, resets, malformed answers). A model's circuit
+    opens when, within ``window_s``, at least ``failures`` requests failed on it and they were
+    at least ``failure_ratio`` of its requests, and they came from two tenants or more: one
+    tenant's requests alone open a circuit for that tenant only. After ``cooldown_s`` one trial
+    request goes through (half open): its success closes the circuit, its failure opens it
+    again, and any other end (a budget refused it, the upstream refused the request itself)
+    releases the trial for the next request.
+    """
+
+    def __init__(
+        self,
+        failures: int,
+        cooldown_s: float,
+        window_s: float = 60.0,
+        failure_ratio: float = 0.5,
+    ):
         self.failures = failures
         self.cooldown_s = cooldown_s
-        self._consecutive: dict[str, int] = {}
-        self._opened_at: dict[str, float] = {}
+        self.window_s = window_s
+        self.failure_ratio = failure_ratio
+        self._outcomes: dict[str, deque[tuple[float, object, bool]]] = {}
+        self._opened_at: dict[tuple[str, object], float] = {}  # (model, tenant or EVERYONE)
+        self._trial: dict[tuple[str, object], object] = {}  # circuit -> the trial's request
 
-    def allows(self, model: str) -> bool:
-        opened = self._opened_at.get(model)
-        if opened is None:
-            return True
-        if time.monotonic() - opened >= self.cooldown_s:
-            self._opened_at[model] = time.monotonic()  # half-open: one trial per cooldown
-            return True
-        return False
+    def _circuits(self, model: str, tenant: object) -> list[tuple[str, object]]:
+        return [(model, EVERYONE), (model, tenant)]
 
-    def is_open(self, model: str) -> bool:
-        opened = self._opened_at.get(model)
-        return opened is not None and time.monotonic() - opened < self.cooldown_s
+    def allows(self, model: str, tenant: object = None, request: object = None) -> bool:
+        """Whether this request may call ``model`` (becoming the trial of a cooled circuit)."""
+        for circuit in self._circuits(model, tenant):
+            opened = self._opened_at.get(circuit)
+            if opened is None:
+                continue
+            if time.monotonic() - opened < self.cooldown_s:
+                return False
+            trial = self._trial.get(circuit)
+            if trial is not None and trial != request:
+                return False  # one trial at a time
+            self._trial[circuit] = request
+        return True
 
-    def success(self, model: str) -> None:
-        self._consecutive.pop(model, None)
-        self._opened_at.pop(model, None)
+    def is_open(self, model: str, tenant: object = None) -> bool:
+        now = time.monotonic()
+        return any(
+            (opened := self._opened_at.get(circuit)) is not None and now - opened < self.cooldown_s
+            for circuit in self._circuits(model, tenant)
+        )
 
-    def failure(self, model: str) -> None:
-        count = self._consecutive.get(model, 0) + 1
-        self._consecutive[model] = count
-        if count >= self.failures:
-            self._opened_at[model] = time.monotonic()
+    def success(self, model: str, tenant: object = None, request: object = None) -> None:
+        self._record(model, tenant, False)
+        for circuit in self._circuits(model, tenant):
+            self._opened_at.pop(circuit, None)
+            self._trial.pop(circuit, None)
 
-    def open_models(self) -> list[str]:
-        return [m for m in self._opened_at if self.is_open(m)]
+    def failure(self, model: str, tenant: object = None, request: object = None) -> None:
+        """``request`` failed on ``model`` (call once per request, after its retries)."""
+        now = time.monotonic()
+        for circuit in self._circuits(model, tenant):
+            if self._trial.get(circuit) == request and circuit in self._opened_at:
+                self._opened_at[circuit] = now  # the trial failed: open again
+                self._trial.pop(circuit, None)
+        window = self._record(model, tenant, True)
+        failed = [(t, who) for t, who, bad in window if bad]
+        if len(failed) < self.failures or len(failed) < self.failure_ratio * len(window):
+            return
+        tenants = {who for _, who in failed}
+        if len(tenants) >= 2:
+            self._opened_at.setdefault((model, EVERYONE), now)
+        else:
+            mine = [t for t, who in failed if who == tenant]
+            if len(mine) >= self.failures:
+                self._opened_at.setdefault((model, tenant), now)
+
+    def release(self, model: str, tenant: object = None, request: object = None) -> None:
+        """The request ended on ``model`` neither for nor against it: free its trial."""
+        for circuit in self._circuits(model, tenant):
+            if self._trial.get(circuit) == request:
+                self._trial.pop(circuit, None)
+
+    def _record(self, model: str, tenant: object, failed: bool) -> deque:
+        now = time.monotonic()
+        window = self._outcomes.setdefault(model, deque())
+        window.append((now, tenant, failed))
+        while window and now - window[0][0] > self.window_s:
+            window.popleft()
+        return window
+
+    def open_models(self, tenant: object = None) -> list[str]:
+        """Models whose circuit is open for everyone, or for ``tenant``."""
+        models = {model for model, _ in self._opened_at}
+        return [m for m in models if self.is_open(m, tenant)]
 
 
 class ConcurrencyLimit:

@@ -197,23 +197,28 @@ def route(
     answer_value_usd: float | None = None,
 ) -> Decision:
     """Score every model the router knows that the catalog prices for one prompt, and decide
-    (an unpriced model has no cost to route on)."""
+    (an unpriced model has no cost to route on); with ``allowed_models``, those (any priced
+    catalog model when the router can score models on their prior)."""
     models = [m for m in router.models if m in catalog and catalog.get(m).priced]
+    if allowed_models is not None:
+        scorable = [
+            m
+            for m in allowed_models
+            if m in models or (router.open and m in catalog and catalog.get(m).priced)
+        ]
+        unknown = [m for m in allowed_models if m not in scorable]
+        if unknown:
+            raise NoCandidateError(f"allowed_models the router cannot score: {', '.join(unknown)}")
+        models = list(dict.fromkeys(scorable))
     features = router.featurizer().transform([prompt])
     answer = router.answer_tokens(features, models)
     cost_usd = expected_costs([prompt], models, catalog, answer_tokens=answer)[0]
-    p_pass = router.p_pass([prompt], models, cost_usd[None, :], features=features, catalog=catalog)[
-        0
-    ]
+    p_pass = router.p_pass([prompt], models, cost_usd[None, :], features=features, catalog=catalog)
     chosen_threshold = router.default_threshold if threshold is None else threshold
-    if allowed_models is not None:
-        unknown = [m for m in allowed_models if m not in models]
-        if unknown:
-            raise NoCandidateError(f"allowed_models the router cannot score: {', '.join(unknown)}")
     name = f"{router.name}@{getattr(router, 'version', '?')}"
     return decide(
         models,
-        p_pass,
+        p_pass[0],
         cost_usd,
         chosen_threshold,
         name,
