@@ -220,6 +220,12 @@ def parse_openrouter_models(payload: dict[str, Any], seen_at: str) -> dict[str, 
     return models
 
 
+def _stated(fresh: ModelInfo, old: ModelInfo, field: str) -> tuple[str, ...] | None:
+    """What the fresh listing states, or what was known when it states nothing."""
+    stated = getattr(fresh, field)
+    return stated if stated is not None else getattr(old, field)
+
+
 class Catalog:
     """Models by OpenRouter id, loaded from the JSON file that ``switchboard data build`` writes."""
 
@@ -243,7 +249,8 @@ class Catalog:
         return sorted(self.models)
 
     def merge(self, listed: dict[str, ModelInfo]) -> dict[str, list[str]]:
-        """Take prices and context lengths from a fresh listing (``switchboard models sync``).
+        """Take prices, context lengths and what each model supports (parameters, input
+        modalities) from a fresh listing (``switchboard models sync``).
 
         Listed models get the listing's prices and seen-at time (keeping what the catalog knows
         that a listing does not: typical answer lengths, prices of models it leaves unpriced);
@@ -270,6 +277,8 @@ class Catalog:
                 fresh,
                 typical_output_tokens=old.typical_output_tokens,
                 context_length=fresh.context_length or old.context_length,
+                supported_parameters=_stated(fresh, old, "supported_parameters"),
+                input_modalities=_stated(fresh, old, "input_modalities"),
             )
         return report
 

@@ -87,3 +87,29 @@ def test_shipped_catalog_lists_current_openrouter_models_at_their_newest_price(c
     assert len(catalog.ids()) > 40
     gpt4o = catalog.get("openai/gpt-4o")
     assert gpt4o.prompt_usd_per_token == pytest.approx(2.5e-6)  # 2026-08, not 2024-08's 5e-6
+
+
+def test_a_sync_takes_what_each_model_supports_from_the_listing():
+    catalog = Catalog(
+        {
+            "a/b": ModelInfo("a/b", "B", 1e-6, 1e-6, supported_parameters=("max_tokens",)),
+            "c/d": ModelInfo("c/d", "D", 1e-6, 1e-6, supported_parameters=("tools",)),
+        }
+    )
+    listing = {
+        "data": [
+            {
+                "id": "a/b",
+                "pricing": {"prompt": "0.000001", "completion": "0.000001"},
+                "supported_parameters": ["max_tokens", "tools", "response_format"],
+                "architecture": {"input_modalities": ["text", "image"]},
+                "context_length": 32000,
+            },
+            {"id": "c/d", "pricing": {"prompt": "0.000001", "completion": "0.000001"}},
+        ]
+    }
+    catalog.merge(parse_openrouter_models(listing, "2026-11-30"))
+    refreshed = catalog.get("a/b")
+    assert refreshed.supported_parameters == ("max_tokens", "response_format", "tools")
+    assert refreshed.input_modalities == ("image", "text") and refreshed.context_length == 32000
+    assert catalog.get("c/d").supported_parameters == ("tools",)  # the listing stated nothing

@@ -161,6 +161,28 @@ def test_auto_routes_only_to_models_that_support_what_the_request_uses(stated, e
     assert len(refused) == 3  # one upstream call per request
 
 
+def test_the_router_reads_tools_and_answer_format_as_part_of_the_task(stated):
+    from service.capabilities import routing_hint
+
+    assert routing_hint({"tools": TOOLS}) == "\n\n[call one of the tools lookup]"
+    assert routing_hint({"response_format": SCHEMA, "tools": []}) == "\n\n[answer in JSON]"
+    assert routing_hint({"response_format": {"type": "text"}}) == ""
+    server, _ = stated
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=server.create_key("hint"), max_retries=0)
+    model = "openai/gpt-4o-mini"
+    p_pass = {}
+    for name, extra in {"plain": {}, "tools": {"tools": TOOLS}}.items():
+        raw = client.chat.completions.with_raw_response.create(
+            model="switchboard/auto",
+            messages=[{"role": "user", "content": "What is the status of order 7?"}],
+            extra_body={"switchboard": {"allowed_models": [model]}},
+            **extra,
+        )
+        assert raw.parse().model == model
+        p_pass[name] = float(raw.headers["x-switchboard-p-pass"])
+    assert p_pass["plain"] != p_pass["tools"]  # the same text, scored as another task
+
+
 def test_a_request_no_candidate_can_serve_names_what_it_needs(stated):
     server, _ = stated
     client = OpenAI(base_url=f"{server.url}/v1", api_key=server.create_key("huge"), max_retries=0)
@@ -243,3 +265,41 @@ def test_embeddings_completions_and_responses_pass_through_priced_and_recorded(
     assert "not routed" in refused.value.body["message"]
     with pytest.raises(openai.BadRequestError):
         client.responses.create(model=MODEL, input="x", stream=True)
+
+
+def test_litellm_completes_streams_and_keeps_the_error_code(service, monkeypatch):
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch of its price table
+    import litellm
+
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    key = service.create_key("litellm")
+    options = {"api_base": f"{service.url}/v1", "api_key": key, "num_retries": 0}
+    messages = [{"role": "user", "content": "hello litellm"}]
+    answer = litellm.completion(model=f"openai/{MODEL}", messages=messages, **options)
+    assert answer.choices[0].message.content == "echo: hello litellm"
+    streamed = litellm.completion(
+        model="openai/switchboard/auto", messages=messages, stream=True, **options
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == "echo: hello litellm"
+    with pytest.raises(litellm.BadRequestError) as invalid:
+        litellm.completion(model=f"openai/{MODEL}", messages=messages, n=1000, **options)
+    assert invalid.value.code == "invalid_request"
+    budget = {"scope": "tenant:litellm", "period": "day", "limit_usd": 1e-9}
+    assert httpx.post(f"{service.url}/v1/admin/budgets", json=budget, headers=admin).is_success
+    with pytest.raises(litellm.APIError) as refused:
+        litellm.completion(model=f"openai/{MODEL}", messages=messages, **options)
+    # LiteLLM maps statuses it has no class for (402) to APIError without the body; the
+    # response it keeps carries the OpenAI-shaped error, code included.
+    assert refused.value.status_code == 402
+    error = refused.value.response.json()["error"]
+    assert error == {
+        "message": error["message"],
+        "type": "insufficient_quota",
+        "param": "budget",
+        "code": "budget_exceeded",
+    }
+    with pytest.raises(openai.APIStatusError) as same:  # the openai SDK reads the code itself
+        OpenAI(base_url=f"{service.url}/v1", api_key=key, max_retries=0).chat.completions.create(
+            model=MODEL, messages=messages
+        )
+    assert same.value.status_code == 402 and same.value.code == "budget_exceeded"
