@@ -28,6 +28,8 @@ DIMENSIONS = ("none", "model", "tenant", "key", "router")
 MAX_RANGE = timedelta(days=400)
 DEFAULT_RANGE = timedelta(days=30)
 MAX_ROWS = 100_000
+# a routed prompt with an ood_score this high is counted as far from the training prompts
+FAR_FROM_TRAINING = 0.5
 Z95 = 1.96
 
 
@@ -140,6 +142,8 @@ class Analytics:
             sa.func.count().filter((requests.c.status == "ok") & requests.c.cost_usd.is_(None)),
             sa.func.coalesce(sa.func.sum(requests.c.prompt_tokens), 0),
             sa.func.coalesce(sa.func.sum(requests.c.completion_tokens), 0),
+            sa.func.count(requests.c.ood_score),
+            sa.func.count().filter(requests.c.ood_score >= FAR_FROM_TRAINING),
         ).where(where)
         savings = sa.select(
             sa.func.count(),
@@ -154,7 +158,7 @@ class Analytics:
             .limit(MAX_ROWS)
         )
         async with self.engine.connect() as conn:
-            count, errors, fallbacks, spend, unpriced, prompt, completion = (
+            count, errors, fallbacks, spend, unpriced, prompt, completion, scored, far = (
                 await conn.execute(totals)
             ).one()
             n_cmp, spend_cmp, prompt_cmp, completion_cmp = (await conn.execute(savings)).one()
@@ -184,6 +188,12 @@ class Analytics:
             "completion_tokens": int(completion),
             "latency_ms": {"p50": pct(lat, 50), "p95": pct(lat, 95), "p99": pct(lat, 99)},
             "overhead_ms": {"p50": pct(over, 50), "p99": pct(over, 99)},
+            "far_from_training": {
+                "routed": int(scored),
+                "far": int(far),
+                "share": far / scored if scored else None,
+                "ood_score_at_least": FAR_FROM_TRAINING,
+            },
             "savings": {
                 "reference_model": reference,
                 "requests": int(n_cmp),

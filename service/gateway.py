@@ -231,6 +231,8 @@ class Gateway:
         record.left_out = found.left_out or None
         models, decidable = found.models, np.array(found.decidable)
         features = champion.featurizer().transform([prompt])
+        ood = champion.ood_score(features)
+        record.ood_score = None if ood is None else float(ood[0])
         answer = champion.answer_tokens(features, models)
         cost = expected_costs([prompt], models, self.catalog, context.max_output_tokens, answer)[0]
         if steering is not None and steering.cheaper_half:

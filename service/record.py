@@ -42,6 +42,7 @@ class RequestRecord:
     chosen_model: str | None = None
     served_model: str | None = None
     p_pass: float | None = None
+    ood_score: float | None = None  # how unlike the router's training prompts (0 to 1)
     rule: str | None = None  # how the router chose: cleared the threshold, or most likely
     expected_cost_usd: float | None = None
     fallbacks: list[dict[str, Any]] = field(default_factory=list)
@@ -148,6 +149,7 @@ class RequestRecord:
             "spend_control": self.spend_control,
             "dropped_fields": None,
             "left_out": self.left_out,
+            "ood_score": self.ood_score,
         }
 
     def headers(self) -> dict[str, str]:
@@ -160,6 +162,8 @@ class RequestRecord:
         )
         if self.p_pass is not None:
             headers["x-switchboard-p-pass"] = f"{self.p_pass:.4f}"
+        if self.ood_score is not None:
+            headers["x-switchboard-ood-score"] = f"{self.ood_score:.4f}"
         if self.threshold is not None:
             headers["x-switchboard-threshold"] = f"{self.threshold:.4f}"
         if self.cost_usd is not None:
@@ -182,6 +186,7 @@ class RequestRecord:
             "router_version": self.router_version,
             "chosen_model": self.chosen_model,
             "p_pass": self.p_pass,
+            "ood_score": self.ood_score,
             "rule": self.rule,
             "threshold": self.threshold,
             "fallbacks": self.fallbacks,

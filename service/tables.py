@@ -73,6 +73,7 @@ requests = sa.Table(
     # fields left out because the database could not store them (service.recorder)
     sa.Column("dropped_fields", sa.String(300), nullable=True),
     sa.Column("left_out", sa.JSON, nullable=True),  # [{"model", "reason"}] not considered
+    sa.Column("ood_score", DOUBLE, nullable=True),  # how unlike the training prompts, 0 to 1
 )
 
 feedback = sa.Table(

@@ -54,15 +54,22 @@ def _setup_logging(verbose: bool = False) -> None:
 
 @data_app.command("build")
 def data_build() -> None:
-    """Rebuild datasets/outcomes.parquet and models/catalog.json from datasets/raw/."""
+    """Rebuild datasets/outcomes.parquet, datasets/alpaca_eval.parquet (evaluation only) and
+    models/catalog.json from datasets/raw/."""
     from service.catalog import DEFAULT_CATALOG_PATH
     from training import datasets, prices
 
     outcomes = datasets.build()
     digest = datasets.write(outcomes)
     prices.build_catalog(datasets.RAW_DIR, outcomes).save(DEFAULT_CATALOG_PATH)
+    alpaca = datasets.build_alpaca_eval(outcomes)
+    alpaca.to_parquet(datasets.ALPACA_EVAL_PATH, index=False)
     prompts = outcomes.drop_duplicates("prompt_id")
     typer.echo(f"{len(outcomes):,} rows, {len(prompts):,} prompts, table sha256 {digest}")
+    typer.echo(
+        f"alpaca-eval (evaluation only): {len(alpaca):,} rows, "
+        f"{alpaca['prompt_id'].nunique():,} instructions, {alpaca['model'].nunique()} models"
+    )
     typer.echo(prompts.groupby(["source", "split"]).size().unstack(fill_value=0).to_string())
 
 
@@ -162,6 +169,13 @@ def train(
         str,
         typer.Option(help="all-MiniLM-L6-v2-static (default, fast) or all-MiniLM-L6-v2 (full)."),
     ] = "all-MiniLM-L6-v2-static",
+    shrinkage: Annotated[
+        float | None,
+        typer.Option(
+            help="Shrinkage of P(pass) toward the base rates far from the training prompts "
+            "(default: chosen leave-one-source-out, one more fit per source; 0: off)."
+        ),
+    ] = None,
 ) -> None:
     """Train a whole router, choosing its learner on validation: a new version under
     SWITCHBOARD_RUNS_DIR, logged to MLflow, installed into SWITCHBOARD_ROUTER_DIR only with
@@ -174,6 +188,8 @@ def train(
 
     if not public and outcomes is None:
         fail("--no-public needs --outcomes FILE: there is nothing else to train on")
+    if shrinkage is not None and not 0.0 <= shrinkage <= 10.0:
+        fail("--shrinkage must be in [0, 10]")
     settings = Settings()
     chosen = learners.split(",") if learners else None
     try:
@@ -190,6 +206,7 @@ def train(
             public=public,
             install=install,
             aliases_path=settings.aliases_path,
+            shrinkage=shrinkage,
         )
     except (OutcomesError, ValueError) as error:
         fail(str(error))

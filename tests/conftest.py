@@ -94,7 +94,7 @@ def train_small(work: Path, learners: list[str], sample: int, **more) -> dict:
 def small_router(tmp_path_factory, fake_embedder_registered):
     """A router trained on a small sample of the shipped data with the fake embedder."""
     summary = train_small(
-        tmp_path_factory.mktemp("router"), ["factorized", "logistic-regression"], 60
+        tmp_path_factory.mktemp("router"), ["factorized", "logistic-regression"], 60, shrinkage=0.0
     )
     return Path(summary["path"]), summary
 

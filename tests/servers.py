@@ -207,3 +207,11 @@ def smtp_server(directory, username: str, password: str):
         yield port, cert, received
     finally:
         controller.stop()
+
+
+def ledger_row(service: ServiceServer, response: httpx.Response, admin_key: str) -> dict:
+    """The ledger row of the request that got ``response``, read with the admin key."""
+    request_id = response.headers["x-switchboard-request-id"]
+    return httpx.get(
+        f"{service.url}/v1/requests/{request_id}", headers={"Authorization": f"Bearer {admin_key}"}
+    ).json()

@@ -188,6 +188,9 @@ def test_every_page_shows_the_seeded_numbers_without_errors(seeded, browser, sho
     assert tab.text("card-requests").splitlines()[1] == "16"
     assert usd(summary["savings"]["saved_usd"]) in tab.text("card-saved")
     assert "6.3 %" in tab.text("card-error-rate")  # 1 of 16
+    far = summary["far_from_training"]
+    assert far["routed"] > 0  # the seeded traffic is routed, each decision with its ood_score
+    assert f"{far['far']} of {far['routed']} routed prompts" in tab.text("card-far-from-training")
     assert tab.chart_drawn("chart-daily-spend")
     tab.shot("overview")
 

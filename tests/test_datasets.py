@@ -96,3 +96,30 @@ def test_dedupe_averages_repeats_and_keeps_a_test_mark():
 @pytest.mark.slow
 def test_shipped_table_is_exactly_what_the_build_produces(outcomes):
     assert datasets.table_hash(datasets.build()) == datasets.table_hash(outcomes)
+
+
+def test_alpaca_eval_is_its_own_evaluation_table_and_asks_no_training_question(outcomes):
+    from training.sources.alpaca_eval import MODELS, SOURCE
+
+    alpaca = datasets.load_alpaca_eval()
+    assert list(alpaca.columns) == datasets.COLUMNS
+    assert alpaca["split"].eq("test").all() and alpaca["source"].eq(SOURCE).all()
+    assert set(alpaca["quality"]) <= {0.0, 0.5, 1.0}
+    assert sorted(alpaca["model"].unique()) == sorted(MODELS.values())
+    assert alpaca["prompt_id"].nunique() == 805
+    assert SOURCE not in set(outcomes["source"])  # non-commercial: never in the training table
+    seen = outcomes[outcomes["split"] != "test"]
+    assert not set(alpaca["prompt_id"]) & set(seen["prompt_id"])
+    rebuilt = datasets.build_alpaca_eval(outcomes)
+    assert datasets.table_hash(rebuilt) == datasets.table_hash(alpaca)
+
+
+def test_alpaca_eval_leaves_out_an_instruction_a_training_prompt_asks(outcomes):
+    alpaca = datasets.load_alpaca_eval()
+    instruction = alpaca.sort_values("prompt_id")["prompt"].iloc[0]
+    extra = outcomes.iloc[:1].assign(
+        prompt=f"Answer briefly. {instruction}", prompt_id="copy", split="train"
+    )
+    rebuilt = datasets.build_alpaca_eval(pd.concat([outcomes, extra], ignore_index=True))
+    assert instruction not in set(rebuilt["prompt"])
+    assert rebuilt["prompt_id"].nunique() == 804

@@ -24,7 +24,7 @@ def test_notebook_runs(path, tmp_path, shared, monkeypatch, isolated_cache):
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(
         notebook,
-        timeout=600,
+        timeout=1200,  # per cell: the training cells embed with the full transformer on 2 cores
         kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},
     ).execute()

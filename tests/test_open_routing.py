@@ -15,7 +15,7 @@ from service.catalog import Catalog
 from service.routing.learned import LearnedRouter
 from switchboard.fake_upstream import FakeUpstreamServer, catalog_prices
 from tests.conftest import LEFT_OUT
-from tests.servers import ServiceServer, upstream_settings
+from tests.servers import ServiceServer, ledger_row, upstream_settings
 
 ADMIN = "admin-open-routing"
 PROMPT = "Explain how a hash map handles collisions."
@@ -68,10 +68,7 @@ def chat(service, body, key=ADMIN):
 
 
 def record_of(service, response):
-    request_id = response.headers["x-switchboard-request-id"]
-    return httpx.get(
-        f"{service.url}/v1/requests/{request_id}", headers={"Authorization": f"Bearer {ADMIN}"}
-    ).json()
+    return ledger_row(service, response, ADMIN)
 
 
 def test_auto_never_routes_to_a_model_the_upstream_does_not_list(service, served_models):

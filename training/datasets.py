@@ -26,10 +26,11 @@ import pandas as pd
 
 from service.config import REPO_ROOT
 from training.prompts import MIN_KEY_WORDS, last_block, normalize, prompt_id, question_key
-from training.sources import LOADERS
+from training.sources import LOADERS, alpaca_eval
 
 RAW_DIR = REPO_ROOT / "datasets" / "raw"
 OUTCOMES_PATH = REPO_ROOT / "datasets" / "outcomes.parquet"
+ALPACA_EVAL_PATH = REPO_ROOT / "datasets" / "alpaca_eval.parquet"
 COLUMNS = [
     "prompt_id",
     "prompt",
@@ -161,6 +162,25 @@ def build(raw_dir: Path = RAW_DIR) -> pd.DataFrame:
     return outcomes.reset_index(drop=True)
 
 
+def build_alpaca_eval(outcomes: pd.DataFrame, raw_dir: Path = RAW_DIR) -> pd.DataFrame:
+    """AlpacaEval's table (training/sources/alpaca_eval.py): evaluation only, kept out of the
+    outcomes table because its license is non-commercial. Instructions whose question a
+    training or validation prompt of ``outcomes`` asks are left out."""
+    rows = alpaca_eval.load(raw_dir)
+    rows["prompt_id"] = rows["prompt"].map(prompt_id)
+    rows = rows.drop_duplicates(["prompt_id", "model"])
+    seen = outcomes[outcomes["split"] != "test"].drop_duplicates("prompt_id")
+    sources = seen.set_index("prompt_id")["source"].to_dict()
+    asked = leaked_prompts(  # AlpacaEval ids that ask the question of a training prompt
+        seen.set_index("prompt_id")["prompt"].to_dict(),
+        rows.drop_duplicates("prompt_id").set_index("prompt_id")["prompt"].to_dict(),
+        {**sources, **dict.fromkeys(rows["prompt_id"], alpaca_eval.SOURCE)},
+    )
+    rows = rows[~rows["prompt_id"].isin(asked | set(seen["prompt_id"]))].assign(split="test")
+    rows = rows[COLUMNS]
+    return rows.sort_values(["prompt_id", "model"], kind="stable").reset_index(drop=True)
+
+
 def write(outcomes: pd.DataFrame, path: Path = OUTCOMES_PATH) -> str:
     """Write the table as Parquet; returns the SHA-256 of its content."""
     outcomes.to_parquet(path, index=False)
@@ -177,4 +197,9 @@ def table_hash(outcomes: pd.DataFrame) -> str:
 
 def load(path: Path = OUTCOMES_PATH) -> pd.DataFrame:
     """The routing-outcomes table as built and shipped in datasets/."""
+    return pd.read_parquet(path)
+
+
+def load_alpaca_eval(path: Path = ALPACA_EVAL_PATH) -> pd.DataFrame:
+    """AlpacaEval's evaluation-only table, as built and shipped in datasets/."""
     return pd.read_parquet(path)

@@ -70,7 +70,8 @@ def render(router: LearnedRouter) -> str:
     ]
     lines += [f"  - {s}: {LICENSES.get(s, 'unknown license')}" for s in meta.get("sources", [])]
     lines += [
-        "- evaluation-only benchmarks (RouteLLM's MMLU, GSM8K, MT-Bench) are never trained on.",
+        "- evaluation-only benchmarks (RouteLLM's MMLU, GSM8K, MT-Bench; zeroeval's GSM8K; "
+        "AlpacaEval) are never trained on.",
         "",
         "## Models",
         "",
@@ -110,6 +111,7 @@ def render(router: LearnedRouter) -> str:
             f"{result['mean_heuristic_aiq']:.4f} | {result['log_loss']:.4f} | "
             f"{result['ece']:.4f} | {result['fit_seconds']:.0f} |"
         )
+    lines += _out_of_domain_lines(meta.get("out_of_domain") or {})
     if test:
         lines += [
             "",
@@ -124,6 +126,42 @@ def render(router: LearnedRouter) -> str:
             f"(log loss {test['log_loss']:.4f}).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _out_of_domain_lines(found: dict) -> list[str]:
+    """The OOD score's leave-one-source-out check and the choice of shrinkage."""
+    if "ood_auroc_held_out_source" not in found:
+        return ["", f"No out-of-domain score: {found.get('ood', 'not fitted')}."] if found else []
+    lines = [
+        "",
+        "## Far from the training prompts",
+        "",
+        "`ood_score` (service/routing/ood.py), leave-one-source-out AUROC on validation: "
+        + ", ".join(f"{s} {a:.3f}" for s, a in found["ood_auroc_held_out_source"].items())
+        + ".",
+        "",
+        f"Shrinkage toward each model's base rate: {found.get('shrinkage', 0.0)}"
+        + (f" ({found['shrinkage_reason']})" if "shrinkage_reason" in found else "")
+        + ".",
+    ]
+    objective = found.get("shrinkage_objective")
+    if objective:
+        lines += [
+            "",
+            "Chosen on leave-one-source-out validation, the lowest mean log loss of P(pass) "
+            "over the folds (each fold's router fitted without one source), AIQ beside it.",
+            "",
+            "| shrinkage | log loss, held-out source | log loss, in domain | AIQ, held-out "
+            "source | AIQ, in domain |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {w} | {v['held_out_source_val_log_loss']:.4f} | "
+            f"{v['in_domain_val_log_loss']:.4f} | {v['held_out_source_val_aiq']:.4f} | "
+            f"{v['in_domain_val_aiq']:.4f} |"
+            for w, v in objective.items()
+        ]
+    return lines
 
 
 def write(router: LearnedRouter, directory: Path) -> Path:

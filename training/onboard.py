@@ -92,17 +92,7 @@ def onboard(
         "scores unchanged",
     }
     metadata.pop("test", None)  # measured on the parent's models; the parent keeps it
-    result.router = LearnedRouter(
-        scorer,
-        models,
-        router.embedder_name,
-        router.bar,
-        router.default_threshold,
-        metadata,
-        router.answer_lengths,
-        router.prior,
-        router.ratings,
-    )
+    result.router = router.derived(scorer, models, metadata)
     return result
 
 
@@ -113,16 +103,8 @@ def without(router: LearnedRouter, model: str) -> LearnedRouter:
     index = router.models.index(model)
     name = model.replace("/", "_")
     metadata = {**router.metadata, "version": f"{router.version}-without-{name}"}
-    return LearnedRouter(
-        router.scorer.without_model(index),
-        [m for m in router.models if m != model],
-        router.embedder_name,
-        router.bar,
-        router.default_threshold,
-        metadata,
-        router.answer_lengths,
-        router.prior,
-        router.ratings,
+    return router.derived(
+        router.scorer.without_model(index), [m for m in router.models if m != model], metadata
     )
 
 

@@ -147,9 +147,7 @@ def _with_abilities(
 
     scorer = copy.deepcopy(router.scorer)
     scorer.with_model(AbilityFit(np.asarray(ability), float(offset), graded))
-    return LearnedRouter(
-        scorer, [*router.models, model], router.embedder_name, router.bar, router.default_threshold
-    )
+    return router.derived(scorer, [*router.models, model])
 
 
 def summarize(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -96,6 +96,7 @@ def train_version(
     public: bool = True,
     install: bool = False,
     aliases_path: Path | None = None,
+    shrinkage: float | None = None,
 ) -> dict[str, Any]:
     """``switchboard train``: a whole new router (on the shipped data, a user's outcomes, or
     both) as a new version under ``runs_dir``, with its card and plots, logged to MLflow, and
@@ -121,8 +122,9 @@ def train_version(
     outcomes = pd.concat(tables, ignore_index=True)
     featurizer = featurizer or cached_featurizer(embedder)
     result = train(
-        outcomes, featurizer, catalog, learners, sources, seed=seed, extra_training_sources=extra
-    )
+        outcomes, featurizer, catalog, learners, sources, seed=seed, extra_training_sources=extra,
+        shrinkage=shrinkage,
+    )  # fmt: skip
 
     def plots_of(directory: Path) -> list[Path]:
         files = []

@@ -49,6 +49,11 @@ def decision_table(decision: dict[str, Any]) -> str:
         f"route to {decision['model']}  (P(pass) {decision['p_pass']:.3f}, expected cost "
         f"${_cell(decision['expected_cost_usd'], '.6f')}, {decision['rule'].replace('_', ' ')}, "
         f"{knob}, router {decision['router']})",
+        *(
+            [f"ood_score {ood:.3f}: how unlike the router's training prompts (0 to 1)"]
+            if (ood := decision.get("ood_score")) is not None
+            else []
+        ),
         "",
         f"{'candidate':42s} {'P(pass)':>8s} {'expected $':>11s}",
     ]

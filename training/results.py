@@ -12,15 +12,15 @@ import numpy as np
 from service.catalog import Catalog
 from service.config import REPO_ROOT
 from service.routing.learned import LearnedRouter
-from training import datasets, metrics, plots
-from training.evaluate import Evaluation, evaluate, routing_table, with_answer_lengths
+from training import datasets, metrics, out_of_domain, plots
+from training.evaluate import Evaluation, evaluate
+from training.out_of_domain import STRONG, WEAK, EvaluationSet
 from training.pipeline import SHIPPED_ROUTER_DIR, cached_featurizer, load_router
+from training.sources import LICENSES
 from training.train import SHIPPED_SOURCES, evaluation_sets, score_sets
 
 log = logging.getLogger(__name__)
 
-STRONG = "openai/gpt-4-1106-preview"
-WEAK = "mistralai/mixtral-8x7b-instruct"
 # shared/docs/metrics.md, from arXiv 2406.18665 (RouteLLM) Tables 1, 2, 3 and 6
 PUBLISHED = {
     "mt-bench": ("RouteLLM mf (Arena + GPT-4-judge data)", 0.802, 13.40, 31.31),
@@ -64,11 +64,9 @@ def source_section(evaluation: Evaluation, source: str, image: str) -> list[str]
 
 
 def routellm_section(
-    router: LearnedRouter, outcomes: Any, catalog: Catalog, images: Path
-) -> tuple[list[str], dict[str, dict]]:
+    router: LearnedRouter, sets: list[EvaluationSet], catalog: Catalog, images: Path
+) -> list[str]:
     """The RouteLLM benchmarks, two models, beside the paper's best published routers."""
-    rows = outcomes[(outcomes["source"] == "routellm") & outcomes["model"].isin([STRONG, WEAK])]
-    featurizer = cached_featurizer(router.embedder_name)
     lines = [
         "## RouteLLM benchmarks (two models, evaluation only)",
         "",
@@ -82,16 +80,13 @@ def routellm_section(
         "| benchmark | prompts | router | APGR | CPT(50 %) | CPT(80 %) |",
         "|---|---|---|---|---|---|",
     ]
-    found: dict[str, dict] = {}
-    for task in ("mt-bench", "mmlu", "gsm8k"):
-        task_rows = rows[rows["task"] == task]
-        table = routing_table(task_rows, [WEAK, STRONG], catalog)
-        features = featurizer.transform(table.prompts, show_progress=len(table.prompts) > 500)
-        table = with_answer_lengths(table, features, router.answer_lengths, catalog)
-        p = router.p_pass(table.prompts, [WEAK, STRONG], features=features)
-        metric = "quality" if task == "mt-bench" else "passed"
-        evaluation = evaluate(table, router, p, bar=0.5, metric=metric)
-        found[task] = evaluation.report
+    tasks = []
+    for data in sets:
+        task = data.name.removeprefix("routellm ")
+        tasks.append(task)
+        table = data.table
+        p = router.p_pass(table.prompts, table.models, features=data.features, catalog=catalog)
+        evaluation = evaluate(table, router, p, bar=0.5, metric=data.metric)
         for name in ("learned", "heuristic", "random", "oracle"):
             entry = evaluation.report["routers"][name]
             lines.append(
@@ -104,80 +99,178 @@ def routellm_section(
             f"{_f(cpt80, '.2f', ' %')} |"
         )
         plots.cost_quality(evaluation, images / f"routellm-{task}.png", f"RouteLLM {task}")
-    lines += [""] + [f"![RouteLLM {t}](img/routellm-{t}.png)" for t in found] + [""]
-    return lines, found
+    lines += [""] + [f"![RouteLLM {t}](img/routellm-{t}.png)" for t in tasks] + [""]
+    return lines
 
 
-def scorers_section(
-    outcomes: Any, catalog: Catalog, router: LearnedRouter, test_sets: list
-) -> list[str]:
-    """Per source, on test: a per-model learner and the factorized scorer, each fitted on
-    train + val like the shipped router, beside the shipped (chosen) one."""
-    from training.learners import LEARNERS
-    from training.train import training_data
+def compared_routers(outcomes: Any, router: LearnedRouter, catalog: Catalog) -> dict:
+    """The shipped router (chosen on validation), the same with its shrinkage off, and the
+    other scorer (per-model logistic regression or factorized) refitted on train + val like
+    the shipped one (its answer lengths and default threshold; no shrinkage)."""
+    from training.train import fit_prior, fit_scorer, training_data
 
+    learner = str(router.metadata.get("learner"))
+    labels = {"logistic-regression": "per-model", "factorized": "factorized"}
+    routers = {f"learned ({learner})": router}
+    if router.shrinkage > 0:
+        off = router.derived(router.scorer, router.models)
+        off.shrinkage = 0.0
+        routers[f"{labels.get(learner, learner)}, shrinkage off"] = off
     featurizer = cached_featurizer(router.embedder_name)
     data = training_data(outcomes, ["train", "val"], SHIPPED_SOURCES, router.bar)
     X = featurizer.transform(data.prompts)
+    for name, label in labels.items():
+        if name == learner:
+            continue
+        log.info("refitting %s", name)
+        scorer = fit_scorer(name, data, X, 0, featurizer.embedder.dim)
+        prior, ratings = fit_prior(scorer, data.models, catalog)
+        routers[label] = LearnedRouter(
+            scorer,
+            data.models,
+            router.embedder_name,
+            router.bar,
+            router.default_threshold,
+            answer_lengths=router.answer_lengths,
+            prior=prior,
+            ratings=ratings,
+        )
+    return routers
+
+
+def ood_section(router: LearnedRouter, sets: list[EvaluationSet]) -> list[str]:
+    """How the OOD score reads each set, and how well it tells the evaluation-only sets from
+    the in-domain test prompts."""
+    if router.ood is None:
+        return []
+    from sklearn.metrics import roc_auc_score
+
+    scores = {d.name: router.ood.score(d.features) for d in sets}
+    near = np.concatenate([scores[d.name] for d in sets if d.domain == "in"])
     lines = [
-        "## Scorers (test split)",
+        "## How far from the training prompts (ood_score)",
         "",
-        "The shipped router's learner was chosen on validation (models/router/MODEL_CARD.md). "
-        "Here the per-model logistic regression and the factorized scorer are each refitted on "
-        "train + val and measured on test beside it, at the shipped router's decision-time "
-        "costs. Cost at 95 % / 100 %: of the source's best single model.",
+        "Every decision carries `ood_score` (service/routing/ood.py): the probability, fitted "
+        "leave-one-source-out on the validation splits, that a prompt is of a kind the router "
+        f"has not seen. Far from the training prompts P(pass) shrinks toward each model's base "
+        f"rate by min(1, {router.shrinkage} x ood_score), the shrinkage chosen "
+        "leave-one-source-out on validation (training/shrinkage.py). AUROC: telling the set's "
+        "prompts from the in-domain test prompts.",
         "",
-        "| source | scorer | AIQ | cost at 95 % | cost at 100 % |",
+        "| set | domain | mean ood_score | share at 0.5 or more | AUROC against in-domain test |",
         "|---|---|---|---|---|",
     ]
-    routers = {"shipped (" + str(router.metadata.get("learner")) + ")": router}
-    for name in ("logistic-regression", "factorized"):
-        scorer = LEARNERS[name](featurizer.embedder.dim, 0)
-        scorer.fit(X, data.prompt_index, data.model_index, data.passed)
-        routers[name] = LearnedRouter(scorer, data.models, router.embedder_name, router.bar)
-    for data_set in test_sets:
-        for label, candidate in routers.items():
-            p = candidate.p_pass(
-                data_set.table.prompts, data_set.models, features=data_set.features
-            )
-            entry = evaluate(data_set.table, candidate, p, bar=router.bar).report["routers"]
-            ratios = entry["learned"]["cost_ratio_at_quality"]
-            lines.append(
-                f"| {data_set.source} | {label} | {entry['learned']['aiq']:.4f} | "
-                f"{_f(ratios['0.95'], '.3f', 'x')} | {_f(ratios['1.0'], '.3f', 'x')} |"
-            )
+    for d in sets:
+        s = scores[d.name]
+        if d.domain == "in":
+            auroc = "-"
+        else:
+            labels = np.r_[np.zeros(len(near)), np.ones(len(s))]
+            auroc = f"{roc_auc_score(labels, np.r_[near, s]):.3f}"
+        lines.append(
+            f"| {d.name} | {d.domain} | {s.mean():.3f} | {(s >= 0.5).mean():.3f} | {auroc} |"
+        )
+    lines += [
+        "",
+        "Leave-one-source-out, on validation (the fit's own check): AUROC of telling each "
+        "held-out source's prompts from the other sources' prompts, "
+        + ", ".join(f"{s} {a:.3f}" for s, a in router.ood.auroc_.items())
+        + ". Below 0.5, a source's prompts sit closer to the other sources' training prompts "
+        "than those sources' own validation prompts do: it is not a new kind of prompt to them.",
+        "",
+    ]
+    return lines
+
+
+def loso_section(
+    router: LearnedRouter, outcomes: Any, catalog: Catalog, featurizer: Any
+) -> list[str]:
+    """Leave one source out (training/loso.py), measured on the held-out source's test split
+    with the shipped shrinkage on and off."""
+    from training.loso import K, held_out_sources
+    from training.shrinkage import fit_ood
+
+    lines = [
+        "## Leave one source out (test split of the held-out source)",
+        "",
+        "The factorized scorer fitted on the other sources' training prompts only, the held-out "
+        f"source's models onboarded from {K} graded training prompts each, its OOD score fitted "
+        f"on the other sources; shrinkage {router.shrinkage} (on) or 0 (off).",
+        "",
+        "| held-out source | prompts | models | onboarded | shrinkage on | shrinkage off | "
+        "heuristic | zero | random | oracle | cost at 95 % on / off |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    folds = held_out_sources(outcomes, featurizer, catalog, SHIPPED_SOURCES,
+                             router.default_threshold)  # fmt: skip
+    for fold in folds:
+        others = [s for s in SHIPPED_SOURCES if s != fold.source]
+        fold.router.ood = fit_ood(outcomes, featurizer, others)
+        off = fold.router.derived(fold.router.scorer, fold.router.models)
+        fold.router.shrinkage, off.shrinkage = router.shrinkage, 0.0
+        data = EvaluationSet(fold.source, fold.test.table, fold.test.features)
+        found, _ = out_of_domain.scored(data, {"on": fold.router, "off": off}, catalog, router.bar)
+        cells = [_f(None if (e := found.get(n)) is None else e["aiq"], ".4f")
+                 for n in ("on", "off", *out_of_domain.BASELINES)]  # fmt: skip
+        ratios = [
+            _f(None if (e := found.get(n)) is None else e["cost_ratio_at_quality"]["0.95"],
+               ".3f", "x")
+            for n in ("on", "off")
+        ]  # fmt: skip
+        lines.append(
+            f"| {fold.source} | {len(data.table.prompts)} | {len(data.table.models)} | "
+            f"{len(fold.onboarded)} | " + " | ".join(cells) + f" | {' / '.join(ratios)} |"
+        )
     return [*lines, ""]
 
 
-def gsm8k_section(router: LearnedRouter, outcomes: Any, catalog: Catalog) -> list[str]:
-    """zeroeval's GSM8K (RouteLLM's GSM8K test questions, evaluation only) among its models."""
-    from training.train import evaluation_models
-
-    rows = outcomes[outcomes["source"] == "zeroeval-gsm8k"]
-    models = evaluation_models(outcomes, "zeroeval-gsm8k", catalog)
-    table = routing_table(rows, models, catalog)
-    featurizer = cached_featurizer(router.embedder_name)
-    features = featurizer.transform(table.prompts)
-    table = with_answer_lengths(table, features, router.answer_lengths, catalog)
-    p = router.p_pass(table.prompts, models, features=features, catalog=catalog)
-    evaluation = evaluate(table, router, p, bar=router.bar)
-    report = evaluation.report
+def summary_section(
+    sets: list, routers: dict[str, LearnedRouter], catalog: Catalog, bar: float
+) -> list[str]:
+    """In-domain test splits and the out-of-domain sets in one table (AIQ), then every
+    router's AIQ, cost at 95 % and quality at the default operating point per set."""
+    names = [*routers, *out_of_domain.BASELINES]
+    found = [out_of_domain.scored(data, routers, catalog, bar) for data in sets]
     lines = [
-        "## zeroeval GSM8K (evaluation only)",
+        "## In domain and out of domain",
         "",
-        f"{report['n_prompts']} GSM8K test questions (RouteLLM's, never trained on; "
-        f"Apache-2.0), {len(models)} late-2024 models, reference `{report['reference_model']}`.",
+        "AIQ of every router on each training source's test split (*in*) and on the "
+        "evaluation-only sets (*out*: kinds of prompt the router never trained on, "
+        "training/out_of_domain.py). *learned* is the shipped router, then the same with its "
+        "shrinkage toward the base rates off, then the other scorer (*per-model* logistic "
+        "regression or *factorized*) refitted on train + val beside it. - : the scorer "
+        "cannot score a model of the set (a per-model scorer has no outcomes of it). No choice "
+        "of learner, hyperparameter or threshold looked at the *out* sets.",
         "",
-        "| router | quality | $ per prompt | AIQ | cost at 95 % | cost at 100 % |",
+        "| set | domain | prompts | models | " + " | ".join(names) + " | license |",
+        "|---|---|---|---|" + "---|" * len(names) + "---|",
+    ]
+    for data, (entry, _) in zip(sets, found, strict=True):
+        cells = [_f(None if (e := entry.get(n)) is None else e["aiq"], ".4f") for n in names]
+        lines.append(
+            f"| {data.name} | {data.domain} | {len(data.table.prompts)} | "
+            f"{len(data.table.models)} | " + " | ".join(cells) + f" | {data.license} |"
+        )
+    lines += [
+        "",
+        "Per set: AIQ, the cost at 95 % of the reference model's quality over the reference's "
+        "cost (- = never), and the quality at the default operating point (the learned "
+        "routers at their default threshold, the Zero router at the shipped router's spend).",
+        "",
+        "| set | reference | router | AIQ | cost at 95 % | quality at default |",
         "|---|---|---|---|---|---|",
     ]
-    for name in ROUTERS:
-        entry = report["routers"][name]
-        ratios = entry["cost_ratio_at_quality"]
-        lines.append(
-            f"| {name} | {entry['quality']:.4f} | {entry['cost_usd']:.6f} | {entry['aiq']:.4f} | "
-            f"{_f(ratios['0.95'], '.3f', 'x')} | {_f(ratios['1.0'], '.3f', 'x')} |"
-        )
+    for data, (entry, reference) in zip(sets, found, strict=True):
+        for name in names:
+            one = entry.get(name)
+            if one is None:
+                lines.append(f"| {data.name} | `{reference}` | {name} | - | - | - |")
+                continue
+            ratio = one["cost_ratio_at_quality"]["0.95"]
+            lines.append(
+                f"| {data.name} | `{reference}` | {name} | {one['aiq']:.4f} | "
+                f"{_f(ratio, '.3f', 'x')} | {one['quality']:.4f} |"
+            )
     return [*lines, ""]
 
 
@@ -279,10 +372,19 @@ def write_results(output: Path, router_dir: Path | None = None) -> None:
         "![calibration](img/calibration.png)",
         "",
     ]
-    routellm_lines, _ = routellm_section(router, outcomes, catalog, images)
-    lines += routellm_lines
-    lines += gsm8k_section(router, outcomes, catalog)
-    lines += scorers_section(outcomes, catalog, router, test_sets)
+    ood = out_of_domain.out_of_domain_sets(
+        outcomes, datasets.load_alpaca_eval(), featurizer, catalog, router
+    )
+    in_domain = [
+        EvaluationSet(d.source, d.table, d.features, license=LICENSES[d.source], domain="in")
+        for d in test_sets
+    ]
+    routers = compared_routers(outcomes, router, catalog)
+    lines += summary_section([*in_domain, *ood], routers, catalog, router.bar)
+    lines += ood_section(router, [*in_domain, *ood])
+    if router.open:
+        lines += loso_section(router, outcomes, catalog, featurizer)
+    lines += routellm_section(router, ood[:3], catalog, images)
     if router.open:
         lines += onboarding_section(outcomes, catalog, router)
     output.write_text("\n".join(lines) + "\n")

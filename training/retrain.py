@@ -165,7 +165,7 @@ def retrain(
     extra += [ONBOARDED] if len(onboarded) else []
     result = train(
         combined, featurizer, catalog, learners, SHIPPED_SOURCES, seed=seed,
-        extra_training_sources=extra,
+        extra_training_sources=extra, shrinkage=champion.shrinkage,
     )  # fmt: skip
     challenger = result.router
     challenger.metadata["snapshot_sha256"] = digest

@@ -290,7 +290,9 @@ def fit_prior(
     return prior, ratings
 
 
-def _fit(learner: str, data: TrainingData, X: np.ndarray, seed: int, embedding_dim: int) -> Any:
+def fit_scorer(
+    learner: str, data: TrainingData, X: np.ndarray, seed: int, embedding_dim: int
+) -> Any:
     scorer = LEARNERS[learner](embedding_dim, seed)
     return scorer.fit(X, data.prompt_index, data.model_index, data.passed)
 
@@ -305,11 +307,15 @@ def train(
     seed: int = 0,
     progress: bool = True,
     extra_training_sources: Sequence[str] = (),
+    shrinkage: float | None = None,
 ) -> TrainResult:
     """Fit, compare on validation, refit the winner on train + val, and evaluate it on test.
 
     ``extra_training_sources`` (logged traffic) add training rows but no evaluation sets: their
-    prompts have one rated model each, not the full table evaluation needs.
+    prompts have one rated model each, not the full table evaluation needs. The router also
+    gets its OOD score and its shrinkage toward the base rates (training/shrinkage.py): chosen
+    leave-one-source-out when ``shrinkage`` is None (one more fit of the factorized scorer per
+    source), else the given one.
     """
     learners = list(learners or LEARNERS)
     unknown = [name for name in learners if name not in LEARNERS]
@@ -329,7 +335,7 @@ def train(
     per_prompt: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for learner in tqdm(learners, desc="learners", disable=not progress):
         started = time.perf_counter()
-        scorer = _fit(learner, data, X, seed, embedding_dim)
+        scorer = fit_scorer(learner, data, X, seed, embedding_dim)
         router = LearnedRouter(scorer, data.models, featurizer.embedder.name, bar)
         evaluations, probabilities = score_sets(router, val_sets, bar)
         candidates[learner] = summary(evaluations, val_sets, probabilities)
@@ -348,7 +354,7 @@ def train(
 
     full = training_data(outcomes, ["train", "val"], fit_sources, bar)
     X_full = featurizer.transform(full.prompts, show_progress=progress)
-    scorer = _fit(chosen, full, X_full, seed, embedding_dim)
+    scorer = fit_scorer(chosen, full, X_full, seed, embedding_dim)
     metadata = {
         "version": datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -373,6 +379,11 @@ def train(
         scorer, full.models, featurizer.embedder.name, bar, threshold, metadata, lengths, prior,
         ratings,
     )  # fmt: skip
+    from training.shrinkage import out_of_domain_parts
+
+    metadata["out_of_domain"] = out_of_domain_parts(
+        outcomes, featurizer, catalog, sources, router, shrinkage, seed
+    )
     test_sets = evaluation_sets(outcomes, "test", sources, featurizer, catalog, lengths)
     test_evaluations, test_probabilities = score_sets(router, test_sets, bar)
     result = TrainResult(

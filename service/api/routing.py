@@ -38,6 +38,7 @@ async def route(request: Request) -> dict[str, Any]:
     return {
         "model": record.chosen_model,
         "p_pass": record.p_pass,
+        "ood_score": record.ood_score,
         "expected_cost_usd": record.expected_cost_usd,
         "rule": record.rule,
         "threshold": record.threshold,

@@ -62,6 +62,12 @@ function range() {
   return { start: params.get("start") || "", end: params.get("end") || "" };
 }
 
+function farNote(far) {
+  if (!far.routed) return "no routed requests";
+  const note = num(far.far) + " of " + num(far.routed) + " routed prompts";
+  return far.share >= 0.25 ? note + ": calibrate the router on your prompts (switchboard calibrate)" : note;
+}
+
 function card(testid, label, value, note) {
   return el("div", { class: "card", "data-testid": testid },
     el("div", { class: "label", text: label }),
@@ -118,6 +124,8 @@ async function overview() {
     card("card-error-rate", "Error rate", pct(summary.error_rate), num(summary.errors) + " errors"),
     card("card-fallback-rate", "Fallback rate", pct(summary.fallback_rate)),
     card("card-latency", "Latency p50 / p95", num(summary.latency_ms.p50, 1) + " / " + num(summary.latency_ms.p95, 1) + " ms"),
+    card("card-far-from-training", "Far from training data", pct(summary.far_from_training.share),
+      farNote(summary.far_from_training)),
   ));
   if (spend.data.length) {
     chart("chart-daily-spend", [{

@@ -11,7 +11,7 @@ Candidates are the allowed models with a known expected cost at or under the opt
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ class Decision:
     candidates: list[Candidate]
     router: str
     answer_value_usd: float | None = None
+    ood_score: float | None = None  # how unlike the router's training prompts (0 to 1)
 
 
 def expected_costs(
@@ -216,7 +217,8 @@ def route(
     p_pass = router.p_pass([prompt], models, cost_usd[None, :], features=features, catalog=catalog)
     chosen_threshold = router.default_threshold if threshold is None else threshold
     name = f"{router.name}@{getattr(router, 'version', '?')}"
-    return decide(
+    ood = router.ood_score(features)
+    decision = decide(
         models,
         p_pass[0],
         cost_usd,
@@ -226,3 +228,4 @@ def route(
         max_cost_usd,
         answer_value_usd,
     )
+    return replace(decision, ood_score=None if ood is None else float(ood[0]))

@@ -30,6 +30,7 @@ from sklearn.preprocessing import StandardScaler
 
 from service.catalog import Catalog
 from service.features import Embedder, Featurizer, MiniLMEmbedder, StaticMiniLMEmbedder
+from service.routing.ood import OutOfDomainScore
 from service.routing.priors import AbilityPrior, prior_abilities
 
 ARTIFACT = "router.joblib"
@@ -293,6 +294,8 @@ class LearnedRouter:
         answer_lengths: AnswerLengths | None = None,
         prior: AbilityPrior | None = None,
         ratings: dict[str, float] | None = None,
+        ood: OutOfDomainScore | None = None,
+        shrinkage: float = 0.0,
     ):
         self.scorer = scorer
         self.models = models
@@ -303,9 +306,31 @@ class LearnedRouter:
         self.answer_lengths = answer_lengths
         self.prior = prior
         self.ratings = ratings or {}
+        self.ood = ood
+        # the base rate's weight in P(pass) is min(1, shrinkage x ood_score) (0: no shrinkage)
+        self.shrinkage = shrinkage
+        self._base_rates: dict[str, float] = {}
         self._featurizer: Featurizer | None = None
         self._index = {m: j for j, m in enumerate(models)}
         self._priors: dict[str, tuple[np.ndarray, float]] = {}
+
+    def derived(
+        self, scorer: Any, models: list[str], metadata: dict[str, Any] | None = None
+    ) -> LearnedRouter:
+        """A router with another scorer and models (onboarding), everything else kept."""
+        return LearnedRouter(
+            scorer,
+            models,
+            self.embedder_name,
+            self.bar,
+            self.default_threshold,
+            self.metadata if metadata is None else metadata,
+            self.answer_lengths,
+            self.prior,
+            self.ratings,
+            self.ood,
+            self.shrinkage,
+        )
 
     @property
     def version(self) -> str:
@@ -342,6 +367,11 @@ class LearnedRouter:
             self._priors[model] = (a[0], float(b[0]))
         return self._priors[model]
 
+    def ood_score(self, features: np.ndarray) -> np.ndarray | None:
+        """How unlike the training prompts each prompt is (service/routing/ood.py), or None
+        for a router fitted without it."""
+        return None if self.ood is None else self.ood.score(features)
+
     def p_pass(
         self,
         prompts: Sequence[str],
@@ -349,11 +379,45 @@ class LearnedRouter:
         cost_usd: np.ndarray | None = None,
         features: np.ndarray | None = None,
         catalog: Catalog | None = None,
+        shrink: bool = True,
     ) -> np.ndarray:
         """Calibrated P(pass) (prompts x models). Models the router was not fitted on are
-        scored on their prior (from ``catalog``'s prices) where the scorer can do that."""
+        scored on their prior (from ``catalog``'s prices) where the scorer can do that. Far
+        from the training prompts, P(pass) shrinks toward each model's base rate (its mean
+        P(pass) over a sample of training prompts): by min(1, ``shrinkage`` x ood_score), unless
+        ``shrink`` is False or the router has no shrinkage."""
         if features is None:
             features = self.featurizer().transform(prompts)
+        out = self._scored(features, models, catalog)
+        if shrink and self.shrinkage > 0 and self.ood is not None:
+            out = self.shrunk(out, self.ood.score(features), models, catalog)
+        return out
+
+    def shrunk(
+        self,
+        p: np.ndarray,
+        ood_scores: np.ndarray,
+        models: Sequence[str],
+        catalog: Catalog | None = None,
+        shrinkage: float | None = None,
+    ) -> np.ndarray:
+        """``p`` (prompts x models) moved toward the models' base rates with weight
+        min(1, shrinkage x ood_score) (the router's shrinkage unless one is given)."""
+        amount = self.shrinkage if shrinkage is None else shrinkage
+        weight = np.minimum(1.0, amount * np.asarray(ood_scores))[:, None]
+        return (1.0 - weight) * p + weight * self.base_rates(models, catalog)[None, :]
+
+    def base_rates(self, models: Sequence[str], catalog: Catalog | None = None) -> np.ndarray:
+        """Each model's mean P(pass) over the training prompts the OOD score keeps."""
+        missing = [m for m in models if m not in self._base_rates]
+        if missing and self.ood is not None:
+            p = self._scored(self.ood.anchors_, missing, catalog)
+            self._base_rates.update(zip(missing, p.mean(axis=0).tolist(), strict=True))
+        return np.array([self._base_rates[m] for m in models])
+
+    def _scored(
+        self, features: np.ndarray, models: Sequence[str], catalog: Catalog | None
+    ) -> np.ndarray:
         unknown = [m for m in models if m not in self._index]
         if unknown and not self.open:
             raise KeyError(f"the learned router has no scorer for {', '.join(unknown)}")
@@ -385,6 +449,7 @@ class LearnedRouter:
             "answer_lengths": self.answer_lengths,
             "prior": self.prior,
             "ratings": self.ratings,
+            "ood": self.ood,
         }
         joblib.dump(artifact, directory / ARTIFACT, compress=3)
         meta = {
@@ -392,6 +457,7 @@ class LearnedRouter:
             "embedder": self.embedder_name,
             "bar": self.bar,
             "default_threshold": self.default_threshold,
+            "shrinkage": self.shrinkage,
             **self.metadata,
         }
         (directory / METADATA).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
@@ -412,4 +478,6 @@ class LearnedRouter:
             answer_lengths=artifact.get("answer_lengths"),
             prior=artifact.get("prior"),
             ratings=artifact.get("ratings"),
+            ood=artifact.get("ood"),
+            shrinkage=meta.pop("shrinkage", 0.0),
         )
