@@ -247,8 +247,10 @@ class Gateway:
             router_name, version = self.heuristic.name, self.heuristic.version
         else:
             learned = self.challenger if which == "challenger" and self.challenger else champion
-            shared = features if learned is champion else None
-            p_pass = learned.p_pass([prompt], models, features=shared, catalog=self.catalog)[0]
+            shared, scored = (features, ood) if learned is champion else (None, None)
+            p_pass = learned.p_pass(
+                [prompt], models, features=shared, catalog=self.catalog, ood_scores=scored
+            )[0]
             router_name, version = learned.name, learned.version
         threshold = controls.quality_threshold
         if threshold is None:

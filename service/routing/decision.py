@@ -214,10 +214,12 @@ def route(
     features = router.featurizer().transform([prompt])
     answer = router.answer_tokens(features, models)
     cost_usd = expected_costs([prompt], models, catalog, answer_tokens=answer)[0]
-    p_pass = router.p_pass([prompt], models, cost_usd[None, :], features=features, catalog=catalog)
+    ood = router.ood_score(features)
+    p_pass = router.p_pass(
+        [prompt], models, cost_usd[None, :], features=features, catalog=catalog, ood_scores=ood
+    )
     chosen_threshold = router.default_threshold if threshold is None else threshold
     name = f"{router.name}@{getattr(router, 'version', '?')}"
-    ood = router.ood_score(features)
     decision = decide(
         models,
         p_pass[0],

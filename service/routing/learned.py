@@ -380,17 +380,21 @@ class LearnedRouter:
         features: np.ndarray | None = None,
         catalog: Catalog | None = None,
         shrink: bool = True,
+        ood_scores: np.ndarray | None = None,
     ) -> np.ndarray:
         """Calibrated P(pass) (prompts x models). Models the router was not fitted on are
         scored on their prior (from ``catalog``'s prices) where the scorer can do that. Far
         from the training prompts, P(pass) shrinks toward each model's base rate (its mean
         P(pass) over a sample of training prompts): by min(1, ``shrinkage`` x ood_score), unless
-        ``shrink`` is False or the router has no shrinkage."""
+        ``shrink`` is False or the router has no shrinkage (``ood_scores``: the features' OOD
+        scores when the caller already has them)."""
         if features is None:
             features = self.featurizer().transform(prompts)
         out = self._scored(features, models, catalog)
         if shrink and self.shrinkage > 0 and self.ood is not None:
-            out = self.shrunk(out, self.ood.score(features), models, catalog)
+            if ood_scores is None:
+                ood_scores = self.ood.score(features)
+            out = self.shrunk(out, ood_scores, models, catalog)
         return out
 
     def shrunk(
