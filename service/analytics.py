@@ -31,6 +31,10 @@ MAX_ROWS = 100_000
 # a routed prompt with an ood_score this high is counted as far from the training prompts
 FAR_FROM_TRAINING = 0.5
 Z95 = 1.96
+# the LLM judge's own calls (x-switchboard-purpose: judge) are not a tenant's traffic: they are
+# counted apart and left out of the error rate
+JUDGE_CALL = requests.c.purpose == "judge"
+NOT_JUDGE_CALL = requests.c.purpose.is_(None) | (requests.c.purpose != "judge")
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,7 @@ class Analytics:
         )
         totals = sa.select(
             sa.func.count(),
-            sa.func.count().filter(requests.c.status != "ok"),
+            sa.func.count().filter((requests.c.status != "ok") & NOT_JUDGE_CALL),
             sa.func.count().filter(fallback),
             sa.func.coalesce(sa.func.sum(requests.c.cost_usd), 0.0),
             sa.func.count().filter((requests.c.status == "ok") & requests.c.cost_usd.is_(None)),
@@ -144,6 +148,9 @@ class Analytics:
             sa.func.coalesce(sa.func.sum(requests.c.completion_tokens), 0),
             sa.func.count(requests.c.ood_score),
             sa.func.count().filter(requests.c.ood_score >= FAR_FROM_TRAINING),
+            sa.func.count().filter(JUDGE_CALL),
+            sa.func.count().filter(JUDGE_CALL & (requests.c.status != "ok")),
+            sa.func.coalesce(sa.func.sum(requests.c.cost_usd).filter(JUDGE_CALL), 0.0),
         ).where(where)
         savings = sa.select(
             sa.func.count(),
@@ -158,9 +165,9 @@ class Analytics:
             .limit(MAX_ROWS)
         )
         async with self.engine.connect() as conn:
-            count, errors, fallbacks, spend, unpriced, prompt, completion, scored, far = (
-                await conn.execute(totals)
-            ).one()
+            row = (await conn.execute(totals)).one()
+            count, errors, fallbacks, spend, unpriced, prompt, completion, scored, far = row[:9]
+            judged, judge_errors, judge_spend = row[9:]
             n_cmp, spend_cmp, prompt_cmp, completion_cmp = (await conn.execute(savings)).one()
             timings = (await conn.execute(latency)).all()
         info = self.catalog.get(reference)
@@ -180,9 +187,14 @@ class Analytics:
             "range": span.describe(),
             "requests": int(count),
             "errors": int(errors),
-            "error_rate": errors / count if count else None,
+            "error_rate": errors / (count - judged) if count > judged else None,
             "fallback_rate": fallbacks / count if count else None,
             "spend_usd": float(spend),
+            "judge": {
+                "requests": int(judged),
+                "errors": int(judge_errors),
+                "spend_usd": float(judge_spend),
+            },
             "unpriced_requests": int(unpriced),
             "prompt_tokens": int(prompt),
             "completion_tokens": int(completion),

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     explore_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     listing_refresh_s: float = 6 * 3600.0  # re-read the upstream's model listing (with a key)
     challenger_dir: Path | None = None  # a second learned router, for experiment arms
+    # a tenant-unit experiment with fewer tenants is refused unless forced (few clusters)
+    experiment_min_tenants: int = Field(20, ge=0)
+    experiment_exploration: bool = False  # explore inside experiment arms too
     upkeep_interval_s: float = 30.0  # sweeps, breakers, pacing, experiments, champion pickup
     reference_model: str | None = None  # savings are against it; None: the dearest router model
 

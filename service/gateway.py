@@ -231,8 +231,8 @@ class Gateway:
         record.left_out = found.left_out or None
         models, decidable = found.models, np.array(found.decidable)
         features = champion.featurizer().transform([prompt])
-        ood = champion.ood_score(features)
-        record.ood_score = None if ood is None else float(ood[0])
+        near = champion.nearness(features)
+        record.ood_score = None if near is None else float(near.score[0])
         answer = champion.answer_tokens(features, models)
         cost = expected_costs([prompt], models, self.catalog, context.max_output_tokens, answer)[0]
         if steering is not None and steering.cheaper_half:
@@ -247,9 +247,9 @@ class Gateway:
             router_name, version = self.heuristic.name, self.heuristic.version
         else:
             learned = self.challenger if which == "challenger" and self.challenger else champion
-            shared, scored = (features, ood) if learned is champion else (None, None)
+            shared, seen = (features, near) if learned is champion else (None, None)
             p_pass = learned.p_pass(
-                [prompt], models, features=shared, catalog=self.catalog, ood_scores=scored
+                [prompt], models, features=shared, catalog=self.catalog, nearness=seen
             )[0]
             router_name, version = learned.name, learned.version
         threshold = controls.quality_threshold
@@ -297,9 +297,11 @@ class Gateway:
             if controls.max_cost_usd is None or cost[j] <= controls.max_cost_usd
         ]
         considered = [models[j] for j in within_cap if not math.isnan(cost[j])]
-        chosen, propensity = explore(
-            record.id, decision.model, considered, self.settings.exploration_rate
-        )
+        rate = self.settings.exploration_rate
+        if record.arm is not None and not self.settings.experiment_exploration:
+            rate = 0.0  # an arm measures its router, not its router diluted by random picks
+        chosen, propensity = explore(record.id, decision.model, considered, rate)
+        record.explored = chosen != decision.model
         index = models.index(chosen)
         record.chosen_model, record.p_pass = chosen, float(p_pass[index])
         record.propensity = propensity

@@ -142,7 +142,7 @@ async def reload_router(state: Any) -> bool:
 async def maintain(state: Any) -> None:
     """Periodic upkeep in every replica (each step is safe to run concurrently in several):
     release the budget holds of processes that died, give back idle budget leases, trip spend
-    breakers, recompute budget pacing, stop experiments with a significantly worse arm, pick up
+    breakers, recompute budget pacing, apply the experiment stop rules, pick up
     a new champion."""
     while True:
         await asyncio.sleep(state.settings.upkeep_interval_s)

@@ -43,6 +43,7 @@ class RequestRecord:
     served_model: str | None = None
     p_pass: float | None = None
     ood_score: float | None = None  # how unlike the router's training prompts (0 to 1)
+    explored: bool | None = None  # exploration sent it to a random model (auto-routed only)
     rule: str | None = None  # how the router chose: cleared the threshold, or most likely
     expected_cost_usd: float | None = None
     fallbacks: list[dict[str, Any]] = field(default_factory=list)
@@ -67,6 +68,7 @@ class RequestRecord:
     spend_control: str | None = None  # how spend controls steered the routing, if they did
     ended_ms: float | None = None
     warnings: list[str] = field(default_factory=list)
+    purpose: str | None = None  # "judge": the LLM judge's own call (x-switchboard-purpose)
 
     def elapsed_ms(self) -> float:
         if self.ended_ms is not None:
@@ -150,6 +152,8 @@ class RequestRecord:
             "dropped_fields": None,
             "left_out": self.left_out,
             "ood_score": self.ood_score,
+            "purpose": self.purpose,
+            "explored": self.explored,
         }
 
     def headers(self) -> dict[str, str]:

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from service.errors import InvalidRequest
+from service.errors import Forbidden, InvalidRequest
 
 AUTO_MODEL = "switchboard/auto"
 
@@ -181,6 +181,28 @@ def controls_from_headers(headers: Any) -> RoutingControls | None:
             raise InvalidRequest(_message(first)) from None
         field = str(first["loc"][0]).replace("_", "-")
         raise InvalidRequest(f"x-switchboard-{field}: {first['msg']}", param=field) from None
+
+
+PURPOSES = ("judge",)  # what x-switchboard-purpose may say
+
+
+def purpose_from_headers(headers: Any, admin: bool) -> str | None:
+    """The ``x-switchboard-purpose`` request header: ``judge`` tags the LLM judge's own calls
+    (kept out of tenants' error rates), so only the admin key may send it."""
+    purpose = headers.get("x-switchboard-purpose")
+    if purpose is None:
+        return None
+    if purpose not in PURPOSES:
+        raise InvalidRequest(
+            f"x-switchboard-purpose: {purpose[:40]!r} is not one of {', '.join(PURPOSES)}",
+            param="x-switchboard-purpose",
+        )
+    if not admin:
+        raise Forbidden(
+            f"x-switchboard-purpose {purpose!r} is reserved for the admin key (the judge)",
+            param="x-switchboard-purpose",
+        )
+    return str(purpose)
 
 
 def merge_controls(

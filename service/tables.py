@@ -74,6 +74,10 @@ requests = sa.Table(
     sa.Column("dropped_fields", sa.String(300), nullable=True),
     sa.Column("left_out", sa.JSON, nullable=True),  # [{"model", "reason"}] not considered
     sa.Column("ood_score", DOUBLE, nullable=True),  # how unlike the training prompts, 0 to 1
+    # "judge": the LLM judge's own call (x-switchboard-purpose), not a tenant's traffic
+    sa.Column("purpose", sa.String(16), nullable=True),
+    # exploration sent it to a random model instead of the router's decision (auto-routed only)
+    sa.Column("explored", sa.Boolean, nullable=True),
 )
 
 feedback = sa.Table(
@@ -87,6 +91,20 @@ feedback = sa.Table(
     sa.Column("created_at", UTC_TIME, nullable=False),
     sa.Column("source", sa.String(16), nullable=False, server_default="user"),  # user, judge
     sa.Index("ix_feedback_request_id", "request_id"),
+)
+
+# what the LLM judge made of each answer it asked about (training/judge.py), one row per answer:
+# a reply without a grade is kept as "unparsable" so that a rerun does not pay for it again
+judge_verdicts = sa.Table(
+    "judge_verdicts",
+    metadata,
+    sa.Column("request_id", sa.String(64), sa.ForeignKey("requests.id"), primary_key=True),
+    sa.Column("outcome", sa.String(16), nullable=False),  # graded, unparsable
+    sa.Column("score", DOUBLE, nullable=True),  # the grade in [0, 1]; null when unparsable
+    sa.Column("judge_model", sa.String(200), nullable=False),
+    sa.Column("judge_request_id", sa.String(64), nullable=True),  # the judge's own call
+    sa.Column("reply", sa.Text, nullable=True),  # the judge's reply, cut to 2,000 characters
+    sa.Column("created_at", UTC_TIME, nullable=False),
 )
 
 budgets = sa.Table(
@@ -159,13 +177,16 @@ experiments = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("name", sa.String(200), nullable=False, unique=True),
     sa.Column("arms", sa.JSON, nullable=False),  # [{"name", "router", "weight"}], control first
-    sa.Column("unit", sa.String(16), nullable=False),  # tenant or user: what keeps its arm
+    sa.Column("unit", sa.String(16), nullable=False),  # tenant, user or request: what keeps its arm
     sa.Column("margin", DOUBLE, nullable=False),  # stop an arm worse than control beyond this
     sa.Column("min_feedback", sa.Integer, nullable=False),  # per arm, before stopping early
     sa.Column("status", sa.String(16), nullable=False),  # running, stopped
     sa.Column("started_at", UTC_TIME, nullable=False),
     sa.Column("stopped_at", UTC_TIME, nullable=True),
     sa.Column("stop_reason", sa.Text, nullable=True),
+    sa.Column("max_requests", sa.Integer, nullable=True),  # stop at this many requests
+    sa.Column("forced", sa.Boolean, nullable=False, server_default=sa.false()),  # under the minimum
+    sa.Column("tenants_at_start", sa.Integer, nullable=True),  # counted for a tenant-unit start
 )
 
 upstream_models = sa.Table(

@@ -227,6 +227,14 @@ def evaluate_command(
     threshold: Annotated[
         list[float] | None, typer.Option(help="With --logged: the logged router at these.")
     ] = None,
+    router_version: Annotated[
+        str | None,
+        typer.Option(help="With --logged: this router version's requests (default: the newest's)."),
+    ] = None,
+    min_ess: Annotated[
+        float,
+        typer.Option(help="With --logged: withhold estimates below this effective sample size."),
+    ] = 30.0,
     models: Annotated[
         str | None, typer.Option(help="Comma-separated model ids to route among.")
     ] = None,
@@ -247,7 +255,7 @@ def evaluate_command(
     estimate routers off-policy on the service's logged traffic."""
     _setup_logging()
     if logged:
-        eval_logged(since_days, threshold or [], router, as_json)
+        eval_logged(since_days, threshold or [], router, as_json, router_version, min_ess)
         return
     if outcomes is None:
         fail("--outcomes FILE (or --logged) is required")

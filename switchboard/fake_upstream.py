@@ -38,7 +38,9 @@ Judge mode (``judge_grades``, ``switchboard fake-upstream --judge``), for trying
 offline: every answer names the model that wrote it (``echo[<model>]: ...``), and a grading
 prompt (its last user message ends with ``Grade:`` after an ``Answer:`` block, as
 training/judge.py writes them) is answered with the grade of the model its answer names: the
-configured one, else a stable one from the model id.
+configured one, else a stable one from the model id; a model configured with ``None`` gets a
+reply that holds no grade (``I cannot grade this answer.``), as a judge that does not follow the
+rubric would write.
 
 ASGI gives no access to the socket, so ``reset`` and ``cut_stream`` rely on ``ResettableProtocol``:
 uvicorn's own HTTP protocol, which also records each connection's transport under its (server,
@@ -71,6 +73,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 Prices = dict[str, tuple[float, float]]
+JudgeGrades = dict[str, int | None]  # judge mode: model -> its grade (None: a reply without one)
 Capabilities = dict[str, dict[str, Any]]  # model -> supported_parameters, input_modalities
 PROVIDER = "FakeProvider"
 FAULT_KINDS = (
@@ -202,7 +205,7 @@ class UpstreamState:
     def __init__(
         self,
         prices: Prices | None = None,
-        judge_grades: dict[str, int] | None = None,
+        judge_grades: JudgeGrades | None = None,
         capabilities: Capabilities | None = None,
     ):
         self.prices = dict(prices) if prices is not None else None
@@ -282,21 +285,25 @@ _GRADED = re.compile(r".*Answer:\n(.*)\n\nGrade:\s*$", re.DOTALL)  # the last An
 _AUTHOR = re.compile(r"echo\[([^\]]+)\]:")
 
 
-def judge_grade(grades: dict[str, int], model: str) -> int:
-    """The grade judge mode gives the answers of ``model``: configured, else stable from its
-    id (0 to 10)."""
+NO_GRADE = "I cannot grade this answer."
+
+
+def judge_grade(grades: JudgeGrades, model: str) -> int | None:
+    """The grade judge mode gives the answers of ``model``: configured (None: no grade), else
+    stable from its id (0 to 10)."""
     if model in grades:
         return grades[model]
     return int(hashlib.sha256(model.encode()).hexdigest()[:4], 16) % 11
 
 
-def _reply_text(last_user: str, model: str, grades: dict[str, int] | None) -> str:
+def _reply_text(last_user: str, model: str, grades: JudgeGrades | None) -> str:
     if grades is None:
         return "echo: " + last_user
     graded = _GRADED.search(last_user)
     if graded is not None:
         author = _AUTHOR.search(graded.group(1))
-        return str(judge_grade(grades, author.group(1)) if author else 5)
+        grade = judge_grade(grades, author.group(1)) if author else 5
+        return NO_GRADE if grade is None else str(grade)
     return f"echo[{model}]: " + last_user
 
 
@@ -311,7 +318,7 @@ def _answer(
     model: str,
     gen_id: str,
     prices: Prices | None,
-    judge_grades: dict[str, int] | None = None,
+    judge_grades: JudgeGrades | None = None,
 ) -> _Answer:
     messages = [m for m in body["messages"] if isinstance(m, dict)]
     prompt_tokens = sum(len(_text(m.get("content")).split()) for m in messages)
@@ -621,7 +628,7 @@ async def _control(request: Request) -> JSONResponse:
 
 def create_fake_upstream(
     prices: Prices | None = None,
-    judge_grades: dict[str, int] | None = None,
+    judge_grades: JudgeGrades | None = None,
     capabilities: Capabilities | None = None,
 ) -> Starlette:
     """Build the fake upstream app; ``prices`` maps model id to USD per (prompt, completion) token.
@@ -671,7 +678,7 @@ class FakeUpstreamServer:
         prices: Prices | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
-        judge_grades: dict[str, int] | None = None,
+        judge_grades: JudgeGrades | None = None,
         capabilities: Capabilities | None = None,
     ):
         self.app = create_fake_upstream(prices, judge_grades, capabilities)
@@ -730,7 +737,7 @@ def serve(
     port: int = 9000,
     prices: Prices | None = None,
     log_level: str = "info",
-    judge_grades: dict[str, int] | None = None,
+    judge_grades: JudgeGrades | None = None,
 ) -> None:
     """Serve a fake upstream in the foreground until interrupted."""
     app = create_fake_upstream(prices, judge_grades)

@@ -33,17 +33,39 @@ def experiment_start(
     arms: Annotated[
         str, typer.Option(help="router:weight,... control first (champion, challenger, heuristic).")
     ] = "champion:50,heuristic:50",
-    unit: Annotated[str, typer.Option(help="tenant or user: what keeps its arm.")] = "tenant",
+    unit: Annotated[
+        str, typer.Option(help="tenant, user or request: what keeps its arm (request: each drawn).")
+    ] = "tenant",
     margin: Annotated[float, typer.Option(help="Stop an arm worse than control by this.")] = 0.05,
-    min_feedback: Annotated[int, typer.Option(help="Ratings per arm before stopping.")] = 100,
+    min_feedback: Annotated[
+        int, typer.Option(help="Rated requests per arm before stopping.")
+    ] = 100,
+    max_requests: Annotated[
+        int | None, typer.Option(help="Stop after this many requests in all (default: no cap).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start a tenant-unit experiment below the minimum.")
+    ] = False,
 ) -> None:
-    """Start an experiment (one runs at a time; replicas pick it up within seconds)."""
+    """Start an experiment (one runs at a time; replicas pick it up within seconds). Unit tenant
+    needs SWITCHBOARD_EXPERIMENT_MIN_TENANTS tenants (20) unless forced."""
+    from service.config import Settings
     from service.experiments import parse_arms
 
+    minimum = Settings().experiment_min_tenants
     try:
         parsed = parse_arms(arms)
         experiment = on_experiments(
-            lambda store: store.start(name, parsed, unit, margin, min_feedback)
+            lambda store: store.start(
+                name,
+                parsed,
+                unit,
+                margin,
+                min_feedback,
+                max_requests=max_requests,
+                force=force,
+                min_tenants=minimum,
+            )
         )
     except ValueError as error:
         fail(str(error))
@@ -78,18 +100,45 @@ def experiment_show(
         typer.echo(json.dumps(results, indent=1))
         return
     typer.echo(f"{results['name']}: {results['status']} {results['stop_reason'] or ''}")
+    balance, unit = results["balance"], results["unit"]
+    over = "requests" if unit == "request" else f"{unit} means (each {unit} counts once)"
+    counted = "" if unit == "request" else f"{balance['units']} {unit}s, "
     typer.echo(
-        f"{'arm':14s} {'requests':>8s} {'$/request':>10s} {'feedback':>9s} {'n':>5s} {'p':>7s}"
+        f"unit {unit}: {counted}{balance['requests']} requests; intervals and tests over {over}"
+    )
+    typer.echo(
+        f"{'arm':14s} {'share':>6s} {'units':>6s} {'requests':>8s} {'explored':>8s} "
+        f"{'$/request':>10s} {'feedback':>9s} {'rated':>6s}"
     )
     for arm in results["results"]:
         cost, quality = arm["cost_per_request_usd"]["mean"], arm["feedback"]["mean"]
-        p = (arm["test"] or {}).get("p_worse_beyond_margin")
         typer.echo(
-            f"{arm['arm'][:14]:14s} {arm['requests']:8d} "
+            f"{arm['arm'][:14]:14s} {arm['expected_share']:6.0%} {arm['units']:6d} "
+            f"{arm['requests']:8d} {arm['explored']:8d} "
             f"{'-' if cost is None else f'{cost:.6f}':>10s} "
-            f"{'-' if quality is None else f'{quality:.3f}':>9s} {arm['feedback_n']:5d} "
-            f"{'-' if p is None else f'{p:.4f}':>7s}"
+            f"{'-' if quality is None else f'{quality:.3f}':>9s} {arm['feedback_n']:6d}"
         )
+    for arm in results["results"][1:]:
+        test = arm["test"]
+        p = test["p_worse_beyond_margin"]
+        typer.echo(
+            f"{arm['arm']} - {test['vs']}: feedback {_difference(test['feedback_diff'], 3)}, "
+            f"cost per request {_difference(test['cost_diff_usd'], 8)} USD, "
+            f"p(worse beyond the margin) {'-' if p is None else f'{p:.4f}'}"
+        )
+    for warning in results["warnings"]:
+        typer.echo(f"warning: {warning}")
+
+
+def _difference(test: dict[str, Any], digits: int) -> str:
+    if test["diff"] is None:
+        return "-"
+    if test["ci_low"] is None:
+        return f"{test['diff']:+.{digits}f} (no interval yet)"
+    return (
+        f"{test['diff']:+.{digits}f} ({test['ci_low']:+.{digits}f} to "
+        f"{test['ci_high']:+.{digits}f})"
+    )
 
 
 @experiment_app.command("list")
@@ -97,7 +146,7 @@ def experiment_list() -> None:
     """Every experiment, newest first."""
     for experiment in on_experiments(lambda store: store.all()):
         arms = ",".join(f"{a.name}:{a.weight:g}" for a in experiment.arms)
-        typer.echo(f"{experiment.name:30s} {experiment.status:8s} {arms}")
+        typer.echo(f"{experiment.name:30s} {experiment.status:8s} {experiment.unit:8s} {arms}")
 
 
 def retrain_command(
@@ -183,52 +232,109 @@ def rollback_command() -> None:
 
 
 def eval_logged(
-    since_days: float | None, thresholds: list[float], router: Path | None, as_json: bool
+    since_days: float | None,
+    thresholds: list[float],
+    router: Path | None,
+    as_json: bool,
+    router_version: str | None = None,
+    min_ess: float = 30.0,
 ) -> None:
-    """Off-policy estimates of routers on the logged traffic (``switchboard eval --logged``)."""
+    """Off-policy estimates of routers on the logged traffic (``switchboard eval --logged``):
+    the logged router without exploration, at other thresholds, the heuristic and (``router``)
+    another learned router, on the requests one router version decided."""
     from service.config import Settings
     from service.ledger import now
     from service.routing.learned import LearnedRouter
     from training.offpolicy import (
+        Policy,
         evaluate_logged,
         heuristic_policy,
         logged_policy,
+        one_router_version,
         router_policy,
         threshold_policy,
     )
     from training.traffic import logged_requests
 
+    if not min_ess >= 1:
+        fail("--min-ess must be at least 1")
+    if any(not 0.0 <= t <= 1.0 for t in thresholds):
+        fail("--threshold must be in [0, 1]")
     settings = Settings()
     since = now() - timedelta(days=since_days) if since_days else None
-    logged = logged_requests(settings.database_url, since)
-    if logged.empty:
-        fail("no logged auto-routed requests to evaluate on")
-    policies = {"logged": logged_policy()}
-    for t in thresholds:
-        policies[f"threshold {t:g}"] = threshold_policy(t)
-    if router is not None:
-        challenger = LearnedRouter.load(router)
-        policies[f"router {challenger.version}"] = router_policy(challenger)
-        policies["heuristic"] = heuristic_policy(challenger.default_threshold)
     try:
-        results = evaluate_logged(logged, policies)
+        logged, selection = one_router_version(
+            logged_requests(settings.database_url, since), router_version
+        )
     except ValueError as error:
         fail(str(error))
         return
-    if as_json:
-        typer.echo(json.dumps(results, indent=1))
+    policies: dict[str, Policy] = {"logged": logged_policy()}
+    for t in thresholds:
+        policies[f"threshold {t:g}"] = threshold_policy(t)
+    not_estimated: dict[str, str] = {}
+    prompts_stored = bool(logged["prompt"].notna().all())
+    scoring = ["heuristic"]
+    if prompts_stored:
+        policies["heuristic"] = heuristic_policy()  # by each request's own threshold or value
+    if router is not None:
+        try:
+            challenger = LearnedRouter.load(router)
+        except (OSError, ValueError, KeyError) as error:
+            fail(f"cannot load the router in {router}: {error}")
+            return
+        scoring.append(f"router {challenger.version}")
+        if prompts_stored:
+            policies[scoring[-1]] = router_policy(challenger)
+    if not prompts_stored:
+        for name in scoring:
+            not_estimated[name] = (
+                "needs the logged prompts: run the service with SWITCHBOARD_STORE_CONTENT=true"
+            )
+    try:
+        results = evaluate_logged(logged, policies, min_ess)
+    except ValueError as error:
+        fail(str(error))
         return
-    typer.echo(f"{len(logged)} logged requests, {int(logged['quality'].notna().sum())} rated")
+    report = {**selection, "min_effective_sample_size": min_ess, "policies": results}
+    if not_estimated:
+        report["not_estimated"] = not_estimated
+    if as_json:
+        typer.echo(json.dumps(report, indent=1))
+        return
+    left_out = sum(selection["left_out"].values())
     typer.echo(
-        f"{'policy':24s} {'agree':>6s} {'quality DR (95 %)':>26s} {'$/request DR (95 %)':>32s}"
+        f"{len(logged)} logged requests of {selection['router']}@{selection['router_version']}, "
+        f"{int(logged['quality'].notna().sum())} rated"
+        + (f" ({left_out} of other router versions left out: --router-version)" if left_out else "")
+    )
+    typer.echo(
+        f"estimates withheld below an effective sample size (ESS) of {min_ess:g}; "
+        "expl: explored requests that served what the policy would have"
+    )
+    typer.echo(
+        f"{'policy':20s} {'agree':>5s} | {'ESS':>6s} {'expl':>5s} {'quality IPS (95 %)':>22s} "
+        f"{'quality DR (95 %)':>22s} | {'ESS':>6s} {'expl':>5s} {'$/request DR (95 %)':>31s}"
     )
     for name, r in results.items():
-        q, c = r["quality"]["dr"], r["cost_usd"]["dr"]
+        q, c = r["quality"], r["cost_usd"]
         typer.echo(
-            f"{name[:24]:24s} {r['agreement']:6.2f} "
-            f"{q['value']:8.3f} ({q['ci_low']:.3f}, {q['ci_high']:.3f}) "
-            f"{c['value']:10.6f} ({c['ci_low']:.6f}, {c['ci_high']:.6f})"
+            f"{name[:20]:20s} {r['agreement']:5.2f} | {q['dr']['effective_sample_size']:6.0f} "
+            f"{q['dr']['explored_agreeing']:5d} {_estimate(q['ips'], 3):>22s} "
+            f"{_estimate(q['dr'], 3):>22s} | {c['dr']['effective_sample_size']:6.0f} "
+            f"{c['dr']['explored_agreeing']:5d} {_estimate(c['dr'], 6):>31s}"
         )
+    for name, reason in not_estimated.items():
+        typer.echo(f"{name}: not estimated, {reason}")
+
+
+def _estimate(estimate: dict[str, Any], digits: int) -> str:
+    if estimate["value"] is None:
+        return f"withheld: {estimate['reason']}"
+    return (
+        f"{estimate['value']:.{digits}f} ({estimate['ci_low']:.{digits}f}, "
+        f"{estimate['ci_high']:.{digits}f})"
+    )
 
 
 def judge_command(
@@ -237,9 +343,13 @@ def judge_command(
     since_days: Annotated[float | None, typer.Option(help="Only the last N days.")] = None,
     limit: Annotated[int, typer.Option(help="Grade at most this many.")] = 1000,
     url: Annotated[str, typer.Option(help="The running service.")] = "http://127.0.0.1:8000",
+    retry_unparsed: Annotated[
+        bool, typer.Option(help="Ask again about answers whose earlier reply held no grade.")
+    ] = False,
 ) -> None:
     """Grade a sample of logged answers with an LLM judge through the service (priced, recorded
-    and budgeted like any request); the grades become feedback with source 'judge'."""
+    and budgeted like any request); the grades become feedback with source 'judge'. Prints the
+    counts as JSON; exits 2 with the reason when nothing could be graded."""
     from service.config import Settings
     from service.ledger import now
     from service.schemas import AUTO_MODEL
@@ -249,12 +359,39 @@ def judge_command(
     if settings.admin_key is None:
         fail("the judge rates every tenant's answers: set SWITCHBOARD_ADMIN_KEY")
         return
-    if model == AUTO_MODEL or not 0 < share <= 1:
-        fail("--model must name a model (not switchboard/auto) and --share be in (0, 1]")
+    if model == AUTO_MODEL or not 0 < share <= 1 or limit < 1:
+        fail(
+            "--model must name a model (not switchboard/auto), --share be in (0, 1] and "
+            "--limit at least 1"
+        )
     since = now() - timedelta(days=since_days) if since_days else None
     key = settings.admin_key.get_secret_value()
-    counts = grade(settings.database_url, url, key, model, share, since, limit)
-    typer.echo(json.dumps(counts))
+    run = grade(settings.database_url, url, key, model, share, since, limit, retry_unparsed)
+    typer.echo(json.dumps(run.counts()))
+    problem = run.problem()  # names the commonest failure and a reply without a grade
+    if problem is None or len(run.failures) > 1:
+        for reason, times in run.failures.most_common(3):
+            typer.echo(f"{times} failed: {reason}", err=True)
+    if run.unparsable and problem is None:
+        typer.echo(
+            f"{run.unparsable} replies held no grade, stored as unparsable (--retry-unparsed "
+            f"asks again), e.g. {run.unparsable_replies[0][:200]!r}",
+            err=True,
+        )
+    if run.skipped_unparsable:
+        typer.echo(
+            f"{run.skipped_unparsable} answers skipped: their earlier reply held no grade "
+            "(--retry-unparsed asks again)",
+            err=True,
+        )
+    if problem is not None:
+        fail(f"nothing could be graded: {problem}")
+    if not run.sampled:
+        typer.echo(
+            f"nothing left to grade: of the {run.stored} stored answers, every one in the "
+            f"--share {share:g} sample has a verdict",
+            err=True,
+        )
 
 
 def soak_command(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import httpx
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -71,6 +72,10 @@ def calibrated_gap(setup, database_url, grades, name):
         assert all(r["cost_usd"] > 0 for r in rows)
         rerun = calibrate(env, *args)  # every pair already graded: nothing is sent
         assert rerun.exit_code == 0 and len(upstream.state.requests) == calls
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        ledger = httpx.get(f"{service.url}/v1/requests?limit=1000", headers=admin).json()["data"]
+        purposes = {(r["requested_model"] == JUDGE, r["purpose"]) for r in ledger}
+        assert purposes == {(True, "judge"), (False, None)}  # the grading calls are tagged
     router = LearnedRouter.load(router_copy)
     assert router.metadata["kind"] == "onboard"
     assert router.graded_prompts(GOOD) == router.graded_prompts(POOR) == len(PROMPTS)

@@ -8,6 +8,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from service.routing.learned import LearnedRouter
 from switchboard.fake_upstream import FakeUpstreamServer, catalog_prices
 from tests.servers import ServiceServer, upstream_settings
 
@@ -73,10 +74,17 @@ def test_explicit_nulls_reach_the_upstream_as_the_client_sent_them(client, upstr
     assert "switchboard" not in last_body(upstream)
 
 
-def test_models_retrieve_finds_catalog_models_and_404s_the_rest(client):
+def test_models_retrieve_finds_catalog_models_and_404s_the_rest(client, service):
     found = client.models.retrieve(MODEL)
     assert found.id == MODEL and found.model_extra["pricing"]["prompt"]
-    assert client.models.retrieve("switchboard/auto").id == "switchboard/auto"
+    auto = client.models.retrieve("switchboard/auto")
+    assert auto.id == "switchboard/auto"
+    # the serving router's version: in the auto entry and beside every model's routability
+    serving = LearnedRouter.load(service.settings.router_dir)
+    assert auto.model_extra["switchboard"]["router_version"] == serving.version
+    assert auto.model_extra["switchboard"]["router"] == "learned"
+    listed = client.models.list().data
+    assert {m.model_extra["switchboard"]["router_version"] for m in listed} == {serving.version}
     with pytest.raises(openai.NotFoundError) as missing:
         client.models.retrieve("vendor/nothing-like-it")
     assert missing.value.body["code"] == "model_not_found"

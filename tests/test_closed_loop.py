@@ -9,6 +9,7 @@ import shutil
 import time
 
 import httpx
+import mlflow
 import numpy as np
 import pytest
 
@@ -16,7 +17,7 @@ from service.config import REPO_ROOT, Settings
 from service.prompts import prompt_id
 from service.routing.learned import LearnedRouter
 from tests.servers import ServiceServer
-from training import datasets
+from training import datasets, tracking
 from training.offpolicy import evaluate_policy, router_policy
 from training.retrain import realized, retrain, rollback, shared_sets
 from training.simulate import recorded_traffic, send
@@ -104,7 +105,11 @@ def test_a_retraining_cycle_promotes_only_through_the_gate(loop, monkeypatch):
     assert (root / "snapshots").glob("outcomes-*.parquet")
     assert report["snapshot_sha256"][:16] in report["snapshot"]
     assert set(report["off_policy"]) >= {"logged", "champion", "challenger", "heuristic"}
-    assert report["mlflow"]["model_version"]
+    # registered as a model version only when the gate passed; a run either way
+    assert bool(report["mlflow"]["model_version"]) == gate["passed"]
+    assert report["mlflow"]["run_id"]
+    assert gate["reason"].startswith(("passed", gate["quality_verdict"], gate["cost_verdict"]))
+    assert gate["quality_mdd"] > 0 and gate["public_prompts"] > 0
     now_served = LearnedRouter.load(settings.router_dir)
     assert report["promoted"] == gate["passed"]
     assert (now_served.version != old.version) == report["promoted"]
@@ -139,6 +144,10 @@ def test_promotion_is_picked_up_live_and_rollback_restores_the_old_champion(loop
     assert report["gate"]["cost_change_high"] < 0
     new_version = report["challenger"]["version"]
     wait_for(lambda: version_served(service, auth, prompts[0]) == new_version)  # no restart
+    listed = httpx.get(f"{service.url}/v1/models/switchboard/auto", headers=auth).json()
+    assert listed["switchboard"]["router_version"] == new_version  # what serves now
+    run = mlflow.MlflowClient(tracking.tracking_uri()).get_run(report["mlflow"]["run_id"])
+    assert run.data.tags["promoted"] == "true" and report["mlflow"]["model_version"]
     restored = rollback(settings.router_dir)
     assert restored["champion_version"] == report["install"]["replaced"]
     wait_for(lambda: version_served(service, auth, prompts[0]) == expensive.version)

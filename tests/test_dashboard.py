@@ -51,7 +51,11 @@ def seeded(tmp_path_factory):
                 keys[tenant] = response.json()["key"]
             httpx.post(
                 f"{service.url}/v1/admin/experiments",
-                json={"name": "ab", "arms": [{"router": "champion"}, {"router": "heuristic"}]},
+                json={
+                    "name": "ab",
+                    "arms": [{"router": "champion"}, {"router": "heuristic"}],
+                    "unit": "request",  # two tenants are too few for unit tenant
+                },
                 headers={"Authorization": f"Bearer {ADMIN}"},
             ).raise_for_status()
             acme = OpenAI(base_url=f"{service.url}/v1", api_key=keys["acme"], max_retries=0)

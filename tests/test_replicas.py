@@ -41,7 +41,12 @@ def test_two_replicas_share_experiments_and_pick_up_a_new_champion(tmp_path):
             try:
                 keys = [(await ledger.create_key(f"team-{i}"))[0] for i in range(6)]
                 await ExperimentStore(ledger.engine, 0).start(
-                    "ab", parse_arms("champion:50,heuristic:50"), "tenant", 0.05, 100
+                    "ab",
+                    parse_arms("champion:50,heuristic:50"),
+                    "tenant",
+                    0.05,
+                    100,
+                    force=True,  # six tenants: below the minimum, but the point is a kept arm
                 )
                 return keys
             finally:

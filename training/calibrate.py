@@ -24,7 +24,7 @@ import pandas as pd
 from service.catalog import Catalog
 from service.tokens import estimate_tokens
 from training.datasets import RAW_DIR
-from training.judge import grading_messages, parse_grade
+from training.judge import PURPOSE, grading_messages, parse_grade
 from training.prompts import prompt_id
 
 DEFAULT_PROMPTS = RAW_DIR / "arena-hard-v2" / "question.jsonl"  # Apache-2.0
@@ -118,9 +118,17 @@ def already_graded(output: Path) -> set[tuple[str, str]]:
     return {(r["prompt_id"], r["model"]) for r in rows if "prompt_id" in r and "model" in r}
 
 
-def _ask(client: httpx.Client, model: str, messages: list[dict[str, str]], **more: Any) -> Any:
+def _ask(
+    client: httpx.Client,
+    model: str,
+    messages: list[dict[str, str]],
+    headers: dict[str, str] | None = None,
+    **more: Any,
+) -> Any:
     response = client.post(
-        "/v1/chat/completions", json={"model": model, "messages": messages, **more}
+        "/v1/chat/completions",
+        json={"model": model, "messages": messages, **more},
+        headers=headers,
     )
     if response.status_code != 200:
         raise RuntimeError(f"{model}: {response.status_code} {response.text[:200]}")
@@ -164,6 +172,7 @@ def run(
                     counts,
                     work.judge,
                     grading_messages(prompt, _text(body), reference),
+                    headers=PURPOSE,  # the judge's calls: kept out of tenants' error rates
                     max_tokens=JUDGE_OUTPUT_TOKENS,
                     temperature=0,
                 )
@@ -199,11 +208,12 @@ def _call(
     counts: Counts,
     model: str,
     messages: list[dict[str, str]],
+    headers: dict[str, str] | None = None,
     **more: Any,
 ) -> dict[str, Any] | None:
     """One answer through the service, its cost counted; None (and counted) when it failed."""
     try:
-        body = _ask(client, model, messages, **more)
+        body = _ask(client, model, messages, headers, **more)
     except (RuntimeError, httpx.HTTPError) as error:
         counts.failed += 1
         counts.failures.append(str(error)[:300])

@@ -55,11 +55,12 @@ def user_outcomes(
     path: Path, catalog: Catalog, public: pd.DataFrame, aliases_path: Path | None = None
 ) -> pd.DataFrame:
     """A user's outcomes file as rows of the outcomes table (source ``user``): models checked
-    against the catalog, prompts of the public held-out sets left out (they stay evaluation
-    sets), splits as the file gives them or by the prompt id (15 % test, 15 % val)."""
+    against the catalog, prompts of the public held-out sets and of AlpacaEval left out (they
+    stay evaluation sets), splits as the file gives them or by the prompt id (15 % test, 15 %
+    val)."""
     table = read_outcomes(path, load_aliases(aliases_path))
     check_models(table, catalog, path)
-    table = held_out_removed(table, public).copy()
+    table = held_out_removed(table, public, [datasets.load_alpaca_eval()]).copy()
     if table.empty:
         raise OutcomesError(f"{path}: every prompt is in a public held-out set")
     fraction = table["prompt_id"].map(

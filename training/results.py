@@ -11,6 +11,7 @@ import numpy as np
 
 from service.catalog import Catalog
 from service.config import REPO_ROOT
+from service.features import Featurizer
 from service.routing.learned import LearnedRouter
 from training import datasets, metrics, out_of_domain, plots
 from training.evaluate import Evaluation, evaluate
@@ -152,8 +153,9 @@ def ood_section(router: LearnedRouter, sets: list[EvaluationSet]) -> list[str]:
         "",
         "Every decision carries `ood_score` (service/routing/ood.py): the probability, fitted "
         "leave-one-source-out on the validation splits, that a prompt is of a kind the router "
-        f"has not seen. Far from the training prompts P(pass) shrinks toward each model's base "
-        f"rate by min(1, {router.shrinkage} x ood_score), the shrinkage chosen "
+        "has not seen. Far from the training prompts P(pass) shrinks toward each model's base "
+        "rate on the prompt's nearest kind of prompt (its mean P(pass) on the 10 nearest "
+        f"training prompts) by min(1, {router.shrinkage} x ood_score), the shrinkage chosen "
         "leave-one-source-out on validation (training/shrinkage.py). AUROC: telling the set's "
         "prompts from the in-domain test prompts.",
         "",
@@ -183,7 +185,7 @@ def ood_section(router: LearnedRouter, sets: list[EvaluationSet]) -> list[str]:
 
 
 def loso_section(
-    router: LearnedRouter, outcomes: Any, catalog: Catalog, featurizer: Any
+    router: LearnedRouter, outcomes: Any, catalog: Catalog, featurizer: Featurizer
 ) -> list[str]:
     """Leave one source out (training/loso.py), measured on the held-out source's test split
     with the shipped shrinkage on and off."""
@@ -220,6 +222,36 @@ def loso_section(
         lines.append(
             f"| {fold.source} | {len(data.table.prompts)} | {len(data.table.models)} | "
             f"{len(fold.onboarded)} | " + " | ".join(cells) + f" | {' / '.join(ratios)} |"
+        )
+    return [*lines, "", *base_rate_section(folds, outcomes, featurizer, catalog)]
+
+
+def base_rate_section(
+    folds: list, outcomes: Any, featurizer: Featurizer, catalog: Catalog
+) -> list[str]:
+    """What P(pass) shrinks toward, on the same folds' validation splits: each model's mean
+    P(pass) on the prompt's nearest training prompts (shipped), or on every one."""
+    from training.shrinkage import choose_shrinkage
+
+    lines = [
+        "### What P(pass) shrinks toward (validation)",
+        "",
+        "The objective the shrinkage is chosen on (training/shrinkage.py: mean over the folds "
+        "above of the held-out source's and the other sources' validation log loss), at the "
+        "shrinkage each base rate would choose: a model's mean P(pass) on the prompt's "
+        "nearest training prompts (shipped), or on every training prompt of the reference.",
+        "",
+        "| base rate | chosen shrinkage | log loss, held-out source | log loss, in domain | "
+        "objective | AIQ, held-out source | AIQ, in domain |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for base in ("nearest", "overall"):
+        choice = choose_shrinkage(folds, outcomes, featurizer, catalog, SHIPPED_SOURCES,
+                                  base=base)  # fmt: skip
+        far, near, far_aiq, near_aiq = choice.objective[choice.shrinkage]
+        lines.append(
+            f"| {base} | {choice.shrinkage} | {far:.4f} | {near:.4f} | {(far + near) / 2:.4f} "
+            f"| {far_aiq:.4f} | {near_aiq:.4f} |"
         )
     return [*lines, ""]
 

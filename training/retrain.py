@@ -7,10 +7,17 @@ the held-out public test sets and, off-policy, on the logged traffic; everything
 and the challenger is promoted (MLflow alias ``champion``, and exported to ``router_dir``, which
 every replica picks up without a restart) only when the gate passes.
 
-The gate, on the pooled held-out prompts, each router at its own default threshold, with a
-paired bootstrap over prompts: the challenger's pass rate may not be lower than the champion's
-by more than ``margin`` at the stated one-sided confidence, and its total cost must be lower at
-that confidence. ``rollback`` points ``champion`` back at the version it replaced (alias
+Traffic never trains on a held-out prompt: rows whose normalized prompt text is a validation
+or test prompt of any public source, or a prompt of an evaluation-only set (RouteLLM, zeroeval's
+GSM8K, AlpacaEval), are dropped before the snapshot and counted in the report. The traffic's own
+test split (15 % of prompts, by a hash of the prompt) is never trained on either.
+
+The gate (training/gate.py), on the pooled held-out items (the public test prompts and the
+traffic's test requests), each router at its own default threshold, with a paired bootstrap:
+the challenger's pass rate may not be lower than the champion's by more than ``margin`` at the
+stated one-sided confidence, and its total cost must be lower at that confidence. Every decision
+carries its minimum detectable difference and says whether a failing challenger was worse or the
+data too few to tell. ``rollback`` points ``champion`` back at the version it replaced (alias
 ``previous-champion``) and exports that version to ``router_dir`` again.
 """
 
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,28 +37,30 @@ from service.catalog import Catalog
 from service.routing.decision import choose
 from service.routing.learned import LearnedRouter
 from training import datasets, versions
-from training.offpolicy import evaluate_logged, heuristic_policy, logged_policy, router_policy
+from training.gate import BOOTSTRAP, Gate, TrafficTerms, decide, traffic_terms
+from training.offpolicy import (
+    MIN_EFFECTIVE_SAMPLE_SIZE,
+    evaluate_logged,
+    heuristic_policy,
+    logged_policy,
+    one_router_version,
+    router_policy,
+)
 from training.onboard import ONBOARDED, kept
 from training.pipeline import cached_featurizer, sample_outcomes
-from training.traffic import TRAFFIC_SOURCE, held_out_removed, logged_requests, traffic_outcomes
+from training.traffic import (
+    TRAFFIC_SOURCE,
+    gate_requests,
+    held_out_ids,
+    held_out_removed,
+    logged_requests,
+    traffic_outcomes,
+)
 from training.train import SHIPPED_SOURCES, SourceEvaluation, score_sets, summary, train
 
 log = logging.getLogger("switchboard.retrain")
 SNAPSHOTS = datasets.OUTCOMES_PATH.parent / "snapshots"
-BOOTSTRAP = 2000
-
-
-@dataclass
-class Gate:
-    passed: bool
-    prompts: int
-    quality_diff: float  # challenger - champion pass rate
-    quality_diff_low: float  # its one-sided lower confidence bound
-    cost_change: float  # challenger / champion total cost - 1
-    cost_change_high: float  # its one-sided upper confidence bound
-    margin: float
-    confidence: float
-    reason: str
+__all__ = ["BOOTSTRAP", "Gate", "gate", "realized", "retrain", "rollback", "shared_sets"]
 
 
 def realized(
@@ -91,32 +100,23 @@ def gate(
     margin: float,
     confidence: float,
     seed: int = 0,
+    traffic: TrafficTerms | None = None,
 ) -> Gate:
+    """The gate on the public test ``sets`` and, when given, the traffic's test requests."""
     q_new, c_new = realized(challenger, sets, challenger.bar)
     q_old, c_old = realized(champion, sets, champion.bar)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(q_new), size=(BOOTSTRAP, len(q_new)))
-    quality = (q_new[draws] - q_old[draws]).mean(axis=1)
-    cost = c_new[draws].sum(axis=1) / c_old[draws].sum(axis=1) - 1
-    low = float(np.quantile(quality, 1 - confidence))
-    high = float(np.quantile(cost, confidence))
-    passed = low >= -margin and high < 0
-    if passed:
-        reason = "no significant quality loss and a significant cost gain"
-    elif low < -margin:
-        reason = f"pass rate may be lower by more than {margin} (lower bound {low:+.4f})"
-    else:
-        reason = f"no significant cost gain (upper bound of the cost change {high:+.2%})"
-    return Gate(
-        passed=passed,
-        prompts=len(q_new),
-        quality_diff=float((q_new - q_old).mean()),
-        quality_diff_low=low,
-        cost_change=float(c_new.sum() / c_old.sum() - 1),
-        cost_change_high=high,
-        margin=margin,
-        confidence=confidence,
-        reason=reason,
+    public = len(q_new)
+    traffic = traffic or TrafficTerms.empty("not given")
+    return decide(
+        np.concatenate([q_new, traffic.q_new]),
+        np.concatenate([q_old, traffic.q_old]),
+        np.concatenate([c_new, traffic.c_new]),
+        np.concatenate([c_old, traffic.c_old]),
+        margin,
+        confidence,
+        seed,
+        public_prompts=public,
+        traffic_test=traffic.info,
     )
 
 
@@ -147,12 +147,16 @@ def retrain(
     snapshot_dir: Path = SNAPSHOTS,
 ) -> dict[str, Any]:
     logged = logged_requests(database_url, since)  # auto-routed: off-policy estimates
-    traffic = held_out_removed(
-        traffic_outcomes(logged_requests(database_url, since, auto_only=False)),
-        datasets.load(),
-    )
-    onboarded = kept(snapshot_dir)  # models onboarded from graded answers stay in the router
     public = datasets.load()
+    evaluation_prompts = held_out_ids(public, [datasets.load_alpaca_eval()])  # every held-out set
+    all_traffic = traffic_outcomes(logged_requests(database_url, since, auto_only=False))
+    traffic = held_out_removed(all_traffic, public, held_out=evaluation_prompts)
+    dropped = all_traffic[~all_traffic["prompt_id"].isin(set(traffic["prompt_id"]))]
+    if len(dropped):
+        log.info("%d traffic rows are held-out prompts: not trained on", len(dropped))
+    # the traffic's own test split (never trained on), for the gate
+    traffic_test = gate_requests(logged, evaluation_prompts)
+    onboarded = kept(snapshot_dir)  # models onboarded from graded answers stay in the router
     if sample:
         public = sample_outcomes(public, sample)
     parts = [t for t in (public, traffic, onboarded) if len(t)]
@@ -172,12 +176,25 @@ def retrain(
     written = versions.write(challenger, "retrain", runs_dir, log_mlflow=False)
     held_out = shared_sets([champion, challenger], result.test_sets)
     evaluations, probabilities = score_sets(champion, held_out, champion.bar)
-    decision = gate(champion, challenger, held_out, margin, confidence, seed)
+    decision = gate(
+        champion, challenger, held_out, margin, confidence, seed,
+        traffic_terms(traffic_test, champion, challenger),
+    )  # fmt: skip
     report: dict[str, Any] = {
         "snapshot": str(snapshot_path),
         "snapshot_sha256": digest,
         "logged_requests": len(logged),
         "traffic_outcomes": len(traffic),
+        "traffic": {
+            "rows": len(all_traffic),
+            "held_out_rows_dropped": len(dropped),
+            "held_out_prompts_dropped": int(dropped["prompt_id"].nunique()),
+            "prompts_by_split": {
+                split: int(traffic.loc[traffic["split"] == split, "prompt_id"].nunique())
+                for split in ("train", "val", "test")
+            },
+            "test_requests_in_gate": decision.traffic_test_requests,
+        },
         "onboarded_outcomes": len(onboarded),
         "champion": {
             "version": champion.version,
@@ -196,10 +213,13 @@ def retrain(
     if log_mlflow:
         from training import tracking
 
+        # registered as a model version only when the gate passed; the run is kept either way
         written.mlflow = tracking.log_retraining(challenger, written.path, champion, report)
         report["mlflow"] = written.mlflow
     if promoted:
         report["install"] = versions.install(written, router_dir)
+    if log_mlflow:
+        tracking.set_promoted(written.mlflow["run_id"], promoted)  # after the install, if any
     report["promoted"] = promoted
     return report
 
@@ -209,14 +229,22 @@ def _off_policy(
 ) -> dict[str, Any]:
     if logged.empty:
         return {"note": "no logged auto-routed requests"}
+    logged_versions = set(logged["router_version"].dropna().astype(str))
+    version = champion.version if champion.version in logged_versions else None
+    logged, selection = one_router_version(logged, version)  # one router's P(pass), not a mix
     policies = {"logged": logged_policy()}
     note = "prompts not stored (SWITCHBOARD_STORE_CONTENT): only the logged policy is estimated"
     if logged["prompt"].notna().all():
-        note = "estimates from the logged propensities (IPS) and with P(pass) as reward model (DR)"
+        note = (
+            "self-normalized IPS and doubly robust estimates (reward model cross-fitted on the "
+            f"logged feedback) on the requests of {selection['router']}@"
+            f"{selection['router_version']}; withheld (null) below an effective sample size of "
+            f"{MIN_EFFECTIVE_SAMPLE_SIZE:g}"
+        )
         policies |= {
             "champion": router_policy(champion),
             "challenger": router_policy(challenger),
-            "heuristic": heuristic_policy(champion.default_threshold),
+            "heuristic": heuristic_policy(),  # by each request's own threshold or value
         }
     return {"note": note, **evaluate_logged(logged, policies)}
 

@@ -1,6 +1,7 @@
 """How far P(pass) shrinks toward each model's base rate away from the training prompts.
 
 The router's P(pass) becomes ``(1 - w) p + w base`` with ``w = min(1, shrinkage x ood_score)``
+and ``base`` the model's mean P(pass) on the prompt's nearest training prompts
 (service/routing/learned.py). ``shrinkage`` is chosen on leave-one-source-out validation
 (training/loso.py): each fold's router, fitted without one source, is measured on that
 source's validation split (out of domain) and on the other sources' validation splits (in
@@ -23,7 +24,7 @@ from sklearn.metrics import log_loss
 
 from service.catalog import Catalog
 from service.features import Featurizer
-from service.routing.learned import LearnedRouter
+from service.routing.learned import BaseRate, LearnedRouter
 from service.routing.ood import OutOfDomainScore
 from training import metrics
 from training.evaluate import evaluate, sweep
@@ -70,7 +71,11 @@ class Measured:
 
 
 def measured_by_shrinkage(
-    router: LearnedRouter, data: SourceEvaluation, catalog: Catalog, grid: Sequence[float]
+    router: LearnedRouter,
+    data: SourceEvaluation,
+    catalog: Catalog,
+    grid: Sequence[float],
+    base: BaseRate = "nearest",
 ) -> Measured:
     """The router's log loss of P(pass) and AIQ on ``data`` at every shrinkage of ``grid``
     (the baselines' curves swept once, only the router's own curve per shrinkage)."""
@@ -78,13 +83,13 @@ def measured_by_shrinkage(
     table, bar = data.table, router.bar
     raw = router.p_pass(table.prompts, data.models, features=data.features, catalog=catalog,
                         shrink=False)  # fmt: skip
-    ood = router.ood.score(data.features)
+    near = router.ood.assess(data.features)
     curves = evaluate(table, router, raw, bar=bar).curves
     others = np.concatenate([c[:, 0] for n, c in curves.items() if n != "learned"])
     score = table.score(bar, "passed")
     found = Measured({}, {})
     for weight in grid:
-        p = router.shrunk(raw, ood, data.models, catalog, weight)
+        p = router.shrunk(raw, near, data.models, catalog, weight, base)
         curve = sweep(table, p, score)
         hull = metrics.non_decreasing_convex_hull(curve[:, 0], curve[:, 1])
         costs = np.concatenate([others, curve[:, 0]])
@@ -100,6 +105,7 @@ def choose_shrinkage(
     catalog: Catalog,
     sources: Sequence[str],
     grid: Sequence[float] = GRID,
+    base: BaseRate = "nearest",
 ) -> Choice:
     """The shrinkage with the lowest leave-one-source-out validation log loss. Each fold's
     router gets an OOD score fitted without its held-out source."""
@@ -109,8 +115,8 @@ def choose_shrinkage(
         fold.router.ood = fit_ood(outcomes, featurizer, others)
         lengths = fold.router.answer_lengths
         near = evaluation_sets(outcomes, "val", others, featurizer, catalog, lengths)
-        far = measured_by_shrinkage(fold.router, fold.val, catalog, grid)
-        close = [measured_by_shrinkage(fold.router, d, catalog, grid) for d in near]
+        far = measured_by_shrinkage(fold.router, fold.val, catalog, grid, base)
+        close = [measured_by_shrinkage(fold.router, d, catalog, grid, base) for d in near]
         for w in grid:
             rows[w].append((
                 far.log_loss[w], float(np.mean([c.log_loss[w] for c in close])),

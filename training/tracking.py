@@ -3,8 +3,11 @@
 The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else a local SQLite store ``mlflow.db`` at
 the repository root (``mlflow ui`` started there shows it). Every run logs parameters, dataset
 hashes, the git commit, metrics, plots and the model card, and registers the router as a
-version of ``switchboard-router``. The alias ``champion`` moves only when a version is installed
-(``promote``, called by training.versions.install), ``previous-champion`` to the one it replaced.
+version of ``switchboard-router``; a retraining run registers its challenger only when the gate
+passed (a failed challenger stays a run, its router logged there but not a model version), and
+carries the tag ``promoted`` (``true`` once installed). The alias ``champion`` moves only when
+a version is installed (``promote``, called by training.versions.install),
+``previous-champion`` to the one it replaced.
 """
 
 from __future__ import annotations
@@ -51,17 +54,17 @@ class RouterModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         return pd.DataFrame(p, columns=self.router.models)
 
 
-def _log_router(router_dir: Path) -> str:
-    """Log the router directory as a pyfunc model in the active run and register it; the new
-    registered version."""
+def _log_router(router_dir: Path, register: bool = True) -> str | None:
+    """Log the router directory as a pyfunc model in the active run and, with ``register``,
+    register it; the new registered version (None when not registered)."""
     info = mlflow.pyfunc.log_model(
         name="router",
         python_model=RouterModel(),
         artifacts={"router": str(router_dir)},
         pip_requirements=[],
-        registered_model_name=REGISTERED_MODEL,
+        registered_model_name=REGISTERED_MODEL if register else None,
     )
-    return str(info.registered_model_version)
+    return str(info.registered_model_version) if register else None
 
 
 def _use_experiment() -> None:
@@ -120,7 +123,11 @@ def log_training(
         for path in artifacts:
             mlflow.log_artifact(str(path))
         version = _log_router(router_dir)
-    return {"run_id": run.info.run_id, "model_version": version, "tracking_uri": tracking_uri()}
+    return {
+        "run_id": run.info.run_id,
+        "model_version": str(version),
+        "tracking_uri": tracking_uri(),
+    }
 
 
 def promote(version: str, installed_dir: Path) -> str | None:
@@ -155,7 +162,7 @@ def _register(router: LearnedRouter, router_dir: Path, run_name: str) -> str:
     """Log ``router_dir`` as a new version of the registered model; its version number."""
     with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None):
         mlflow.set_tags({"router_version": router.version})
-        return _log_router(router_dir)
+        return str(_log_router(router_dir))
 
 
 def _version_of_router(client: Any, version: str) -> str | None:
@@ -165,36 +172,80 @@ def _version_of_router(client: Any, version: str) -> str | None:
 
 def log_retraining(
     challenger: LearnedRouter, challenger_dir: Path, champion: LearnedRouter, report: dict[str, Any]
-) -> dict[str, str]:
-    """Log a retraining cycle (gate, test metrics of both routers, off-policy estimates) and
-    register the challenger (installing it, if the gate passed, is the caller's)."""
+) -> dict[str, str | None]:
+    """Log a retraining cycle (gate, test metrics of both routers, off-policy estimates with
+    their intervals and effective sample sizes) and register the challenger when the gate
+    passed; the run's tag ``promoted`` is ``false`` until ``set_promoted`` (installing it, if
+    the gate passed, is the caller's). ``model_version`` is None when not registered."""
     _use_experiment()
     gate = report["gate"]
+    traffic = report.get("traffic", {})
     with mlflow.start_run(run_name=f"retrain-{challenger.version}") as run:
         mlflow.log_params(
             {
                 "snapshot_sha256": report["snapshot_sha256"],
                 "traffic_outcomes": report["traffic_outcomes"],
+                "traffic_held_out_rows_dropped": traffic.get("held_out_rows_dropped", 0),
+                "traffic_held_out_prompts_dropped": traffic.get("held_out_prompts_dropped", 0),
+                "traffic_test_requests_in_gate": gate.get("traffic_test_requests", 0),
                 "gate_margin": gate["margin"],
                 "gate_confidence": gate["confidence"],
+                "gate_power": gate.get("power"),
                 "champion_version": champion.version,
             }
         )
         mlflow.set_tags(
-            {"router_version": challenger.version, "gate": "passed" if gate["passed"] else "failed"}
+            {
+                "router_version": challenger.version,
+                "gate": "passed" if gate["passed"] else "failed",
+                "gate_quality_verdict": gate.get("quality_verdict", ""),
+                "gate_cost_verdict": gate.get("cost_verdict", ""),
+                "gate_reason": gate["reason"][:5000],
+                "promoted": "false",
+                "registered": "true" if gate["passed"] else "false",
+            }
         )
         metrics = {f"gate.{k}": float(v) for k, v in gate.items() if isinstance(v, (int, float))}
         metrics |= _flatten("challenger.test.", report["challenger"]["test"])
         metrics |= _flatten("champion.test.", report["champion"]["test"])
-        for policy, estimate in report["off_policy"].items():
-            if isinstance(estimate, dict):
-                for target in ("quality", "cost_usd"):
-                    for method, value in estimate[target].items():
-                        metrics[f"ope.{policy}.{target}.{method}"] = float(value["value"])
+        metrics |= off_policy_metrics(report["off_policy"])
         mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # drop NaN
         mlflow.log_dict(report, "retrain-report.json")
-        version = _log_router(challenger_dir)
+        version = _log_router(challenger_dir, register=bool(gate["passed"]))
     return {"run_id": run.info.run_id, "model_version": version}
+
+
+OFF_POLICY_FIELDS = {
+    "value": "",
+    "ci_low": ".ci_low",
+    "ci_high": ".ci_high",
+    "se": ".se",
+    "effective_sample_size": ".ess",
+    "explored_agreeing": ".explored_agreeing",
+}
+
+
+def off_policy_metrics(off_policy: dict[str, Any]) -> dict[str, float]:
+    """``ope.<policy>.<metric>.<method>`` (the value) and its ``.ci_low``, ``.ci_high``,
+    ``.se``, ``.ess`` (effective sample size) and ``.explored_agreeing``; a withheld estimate
+    (not enough overlap) logs its effective sample size and explored requests, no value."""
+    metrics: dict[str, float] = {}
+    for policy, estimate in off_policy.items():
+        if not isinstance(estimate, dict):
+            continue
+        for target in ("quality", "cost_usd"):
+            for method, value in estimate.get(target, {}).items():
+                name = f"ope.{policy}.{target}.{method}"
+                for key, suffix in OFF_POLICY_FIELDS.items():
+                    if value.get(key) is not None:
+                        metrics[name + suffix] = float(value[key])
+    return metrics
+
+
+def set_promoted(run_id: str, promoted: bool) -> None:
+    """Tag a retraining run ``promoted`` = ``true`` or ``false``."""
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.MlflowClient().set_tag(run_id, "promoted", "true" if promoted else "false")
 
 
 def restore_previous_champion(into: Path) -> dict[str, Any]:

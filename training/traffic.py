@@ -10,6 +10,7 @@ a prompt and feedback become training outcomes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import pandas as pd
@@ -20,6 +21,7 @@ from service.migrate import upgrade
 from service.prompts import normalize, prompt_id
 from service.schemas import AUTO_MODEL
 from service.tables import feedback, requests
+from training.sources import EVALUATION_ONLY
 
 TRAFFIC_SOURCE = "traffic"
 TEST_SHARE, VAL_SHARE = 0.15, 0.15
@@ -55,6 +57,7 @@ def logged_requests(
         requests.c.chosen_model,
         requests.c.served_model,
         requests.c.propensity,
+        requests.c.explored,
         requests.c.cost_usd,
         requests.c.prompt_tokens,
         requests.c.completion_tokens,
@@ -83,6 +86,12 @@ def _split(pid: str) -> str:
     return (
         "test" if fraction < TEST_SHARE else "val" if fraction < TEST_SHARE + VAL_SHARE else "train"
     )
+
+
+def split_of(prompt: str) -> str:
+    """The traffic split of a prompt (``train``, ``val`` or ``test``), by the hash of its
+    normalized text: the same prompt always lands in the same split."""
+    return _split(prompt_id(prompt))
 
 
 def traffic_outcomes(logged: pd.DataFrame) -> pd.DataFrame:
@@ -120,10 +129,42 @@ def traffic_outcomes(logged: pd.DataFrame) -> pd.DataFrame:
     return grouped[columns]
 
 
-def held_out_removed(traffic: pd.DataFrame, public: pd.DataFrame) -> pd.DataFrame:
-    """Traffic rows whose prompt (by normalized text) is in no public held-out set (validation
-    or test): a choice or a gate must not reward memorized held-out prompts."""
+def held_out_ids(public: pd.DataFrame, evaluation_only: Sequence[pd.DataFrame] = ()) -> set[str]:
+    """The ids (of the normalized text) of every held-out prompt: the validation and test
+    prompts of every source in ``public``, every prompt of an evaluation-only source
+    (``training.sources.EVALUATION_ONLY``: RouteLLM, zeroeval's GSM8K) and every prompt of the
+    ``evaluation_only`` tables (AlpacaEval)."""
+    held = public["split"].isin(["val", "test"]) | public["source"].isin(EVALUATION_ONLY)
+    ids: set[str] = set()
+    for table in (public[held], *evaluation_only):
+        prompts = table.drop_duplicates("prompt_id")
+        ids |= set(prompts["prompt_id"]) | set(prompts["prompt"].map(prompt_id))
+    return ids
+
+
+def held_out_removed(
+    traffic: pd.DataFrame,
+    public: pd.DataFrame,
+    evaluation_only: Sequence[pd.DataFrame] = (),
+    held_out: set[str] | None = None,
+) -> pd.DataFrame:
+    """Traffic rows whose prompt (by normalized text) is in no held-out set (``held_out_ids``,
+    or the given ``held_out``): a choice or a gate must not reward memorized held-out
+    prompts."""
     if traffic.empty:
         return traffic
-    held_out = set(public.loc[public["split"].isin(["val", "test"]), "prompt_id"])
-    return traffic[~traffic["prompt_id"].isin(held_out)].reset_index(drop=True)
+    held_out = held_out_ids(public, evaluation_only) if held_out is None else held_out
+    ids = traffic["prompt"].map(prompt_id)  # the text decides, not an id a file gives
+    return traffic[~ids.isin(held_out)].reset_index(drop=True)
+
+
+def gate_requests(logged: pd.DataFrame, held_out: set[str]) -> pd.DataFrame:
+    """The logged requests of the traffic's own test split: rated, with a stored prompt whose
+    split (``split_of``) is ``test`` and that is in no held-out set (those are in the public
+    test sets already)."""
+    if logged.empty or "prompt" not in logged:
+        return logged.iloc[:0]
+    usable = logged[logged["prompt"].notna() & logged["quality"].notna()]
+    ids = usable["prompt"].map(prompt_id)
+    chosen = (ids.map(_split) == "test") & ~ids.isin(held_out)
+    return usable[chosen].reset_index(drop=True)

@@ -7,7 +7,9 @@ promotion.
 - ``install``: the version becomes the champion: MLflow's ``champion`` alias moves to it
   (``previous-champion`` to the version it replaces) and it is copied into
   ``SWITCHBOARD_ROUTER_DIR``, which every replica picks up without a restart.
-  ``switchboard rollback`` undoes the last install.
+  ``switchboard rollback`` undoes the last install. Its default is the shipped, git-tracked
+  ``models/router``: installing there rewrites tracked files (a warning says so); point
+  ``SWITCHBOARD_ROUTER_DIR`` at a directory outside the checkout to keep them as shipped.
 
 ``switchboard train`` installs only with ``--install`` (a whole new router changes every
 score), ``retrain`` only when its gate passes, ``models onboard`` and ``calibrate`` unless
@@ -16,6 +18,7 @@ score), ``retrain`` only when its gate passes, ``models onboard`` and ``calibrat
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +26,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from service.config import REPO_ROOT
 from service.routing.learned import LearnedRouter
 from training import model_card
+
+log = logging.getLogger("switchboard.versions")
+SHIPPED_ROUTER_DIR = REPO_ROOT / "models" / "router"
 
 
 @dataclass
@@ -33,7 +40,7 @@ class Written:
 
     path: Path
     version: str
-    mlflow: dict[str, str]
+    mlflow: dict[str, Any]  # run_id, model_version (None: logged, not registered)
 
 
 def replace_dir(source: Path, target: Path) -> None:
@@ -87,9 +94,17 @@ def write(
 def install(written: Written, router_dir: Path) -> dict[str, Any]:
     """Make ``written`` the champion (MLflow alias) and the router every replica serves."""
     replaced = None
-    if written.mlflow.get("model_version"):
+    if router_dir.resolve() == SHIPPED_ROUTER_DIR.resolve():
+        log.warning(
+            "installing into %s, the shipped router tracked by git: `git status` will show it "
+            "changed; set SWITCHBOARD_ROUTER_DIR to a directory outside the checkout to keep "
+            "the shipped files (docs/CLOSED_LOOP.md)",
+            router_dir,
+        )
+    version = written.mlflow.get("model_version")
+    if version:
         from training import tracking
 
-        replaced = tracking.promote(written.mlflow["model_version"], router_dir)
+        replaced = tracking.promote(str(version), router_dir)
     replace_dir(written.path, router_dir)
     return {"installed": written.version, "router_dir": str(router_dir), "replaced": replaced}

@@ -17,7 +17,13 @@ from service.gateway import Plan, RouteContext
 from service.prompts import content_text, prompt_text
 from service.providers.base import MALFORMED, Chunk, Provider, UpstreamError
 from service.record import RequestRecord
-from service.schemas import ChatRequest, controls_from_headers, merge_controls, parse
+from service.schemas import (
+    ChatRequest,
+    controls_from_headers,
+    merge_controls,
+    parse,
+    purpose_from_headers,
+)
 from service.streaming import relay
 
 router = APIRouter()
@@ -32,6 +38,7 @@ async def chat_completions(request: Request) -> Response:
     caller = (principal.tenant_id, principal.api_key_id)
     full = state.callers.acquire(*caller)
     try:
+        record.purpose = purpose_from_headers(request.headers, principal.admin)
         if full is not None:
             limit = state.callers.limits[full]
             raise RateLimited(
@@ -55,7 +62,7 @@ async def chat_completions(request: Request) -> Response:
             context = RouteContext(steering=await state.spend.steer(principal))
             experiment = await state.experiments.running()
             if experiment is not None and controls.router is None:
-                arm = experiment.assign(principal, chat.user)
+                arm = experiment.assign(principal, chat.user, record.id)
                 context.arm, context.arm_router = f"{experiment.name}:{arm.name}", arm.router
         plan = state.gateway.plan(chat, controls, record, context)
         body = await state.spend.bound(principal, plan.order, chat.upstream_body())

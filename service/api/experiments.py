@@ -4,7 +4,7 @@ the admin's: all)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.api.common import documented_body, flushed, json_body
 from service.auth import authenticate, authenticate_admin
 from service.errors import InvalidRequest, NotFound
-from service.experiments import Arm
+from service.experiments import Arm, InvalidExperiment
 from service.schemas import parse
 
 router = APIRouter()
@@ -32,9 +32,11 @@ class ExperimentRequest(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     arms: list[ArmRequest] = Field(min_length=2, max_length=10)
-    unit: str = "tenant"
+    unit: Literal["tenant", "user", "request"] = "tenant"
     margin: float = Field(0.05, ge=0, le=1)
     min_feedback: int = Field(100, ge=2)
+    max_requests: int | None = Field(None, ge=2)
+    force: bool = False  # start a tenant-unit experiment below SWITCHBOARD_EXPERIMENT_MIN_TENANTS
 
 
 @router.post(
@@ -50,10 +52,17 @@ async def start(request: Request) -> JSONResponse:
         )
     try:
         experiment = await request.app.state.experiments.start(
-            body.name, arms, body.unit, body.margin, body.min_feedback
+            body.name,
+            arms,
+            body.unit,
+            body.margin,
+            body.min_feedback,
+            max_requests=body.max_requests,
+            force=body.force,
+            min_tenants=request.app.state.settings.experiment_min_tenants,
         )
-    except ValueError as error:
-        raise InvalidRequest(str(error), param="arms") from None
+    except InvalidExperiment as error:
+        raise InvalidRequest(str(error), param=error.param, code=error.code) from None
     return JSONResponse(experiment.describe(), status_code=201)
 
 

@@ -31,6 +31,7 @@ from service.schemas import (
     controls_from_headers,
     merge_controls,
     parse,
+    purpose_from_headers,
 )
 
 router = APIRouter()
@@ -116,6 +117,7 @@ async def passthrough(request: Request, endpoint: str) -> JSONResponse:
     full = state.callers.acquire(*caller)
     path, limit_field = ENDPOINTS[endpoint]
     try:
+        record.purpose = purpose_from_headers(request.headers, principal.admin)
         if full is not None:
             raise RateLimited(
                 f"this {full} already has its limit of requests in flight on this replica",

@@ -74,7 +74,8 @@ def _entry(state: Any, model_id: str) -> dict[str, Any]:
         },
         "switchboard": {
             # a candidate of switchboard/auto (scored from graded answers), or routable when
-            # allowed_models names it (on its prior, if not calibrated)
+            # allowed_models names it (on its prior, if not calibrated), by this router version
+            "router_version": gateway.router.version,
             "routable": info.id in gateway.router.models,
             "graded_prompts": gateway.router.graded_prompts(info.id),
             "calibrated": gateway.calibrated(info.id),
@@ -87,6 +88,7 @@ def _entry(state: Any, model_id: str) -> dict[str, Any]:
 
 
 def _auto_entry(state: Any) -> dict[str, Any]:
+    router = state.gateway.router  # the champion serving now (it changes on promotion)
     return {
         "id": AUTO_MODEL,
         "object": "model",
@@ -94,7 +96,13 @@ def _auto_entry(state: Any) -> dict[str, Any]:
         "owned_by": "switchboard",
         "name": "switchboard learned router",
         "pricing": {"prompt": "-1", "completion": "-1"},
-        "switchboard": {"routable": False, "candidates": sorted(state.gateway.router.models)},
+        "switchboard": {
+            "routable": False,
+            "router": router.name,
+            "router_version": router.version,
+            "trained_at": router.metadata.get("trained_at"),
+            "candidates": sorted(router.models),
+        },
     }
 
 

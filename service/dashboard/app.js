@@ -289,14 +289,21 @@ async function experiments() {
   const interval = (m, f = (v) => num(v, 3)) => (m.mean === null ? "-" : f(m.mean) + (m.ci_low === null ? "" : " (" + f(m.ci_low) + " to " + f(m.ci_high) + ")"));
   list.data.forEach((x, i) => {
     main.append(el("h2", { text: x.name + ": " + x.status + (x.stop_reason ? " (" + x.stop_reason + ")" : "") }));
-    main.append(el("p", { text: "started " + (x.started_at || "").slice(0, 19) + ", arms by " + x.unit + ", stop margin " + x.margin + ", at least " + x.min_feedback + " ratings per arm" }));
+    const over = x.unit === "request" ? "requests" : x.unit + " means (each " + x.unit + " counts once)";
+    main.append(el("p", { text: "started " + (x.started_at || "").slice(0, 19) + ", arms by " + x.unit + " (" + (x.unit === "request" ? "" : x.balance.units + " " + x.unit + "s, ") + x.balance.requests + " requests), intervals and tests over " + over + ", stop margin " + x.margin + ", at least " + x.min_feedback + " rated requests per arm" + (x.max_requests ? ", at most " + x.max_requests + " requests" : "") }));
+    const diff = (d, f) => (d.diff === null ? "-" : f(d.diff) + (d.ci_low === null ? "" : " (" + f(d.ci_low) + " to " + f(d.ci_high) + ")"));
+    const units = x.unit === "request" ? [] : [[x.unit + "s", (a) => num(a.units), "num"]];
     main.append(table("table-experiment-" + i, [
-      ["arm", (a) => a.arm], ["router", (a) => a.router], ["weight", (a) => num(a.weight, 1), "num"],
-      ["requests", (a) => num(a.requests), "num"], ["cost per request", (a) => interval(a.cost_per_request_usd, usd), "num"],
-      ["feedback (n)", (a) => interval(a.feedback) + " (" + a.feedback_n + ")", "num"],
+      ["arm", (a) => a.arm], ["router", (a) => a.router], ["share", (a) => pct(a.expected_share), "num"],
+      ...units, ["requests", (a) => num(a.requests), "num"], ["explored", (a) => num(a.explored), "num"],
+      ["cost per request", (a) => interval(a.cost_per_request_usd, usd), "num"],
+      ["feedback (rated)", (a) => interval(a.feedback) + " (" + a.feedback_n + ")", "num"],
       ["latency ms", (a) => num(a.latency_ms.mean, 1), "num"], ["fallback rate", (a) => pct(a.fallback_rate.mean), "num"],
+      ["feedback - control", (a) => (a.test ? diff(a.test.feedback_diff, (v) => num(v, 3)) : "-"), "num"],
+      ["cost - control", (a) => (a.test ? diff(a.test.cost_diff_usd, (v) => num(v, 8)) : "-"), "num"],
       ["p (worse than control)", (a) => (a.test && a.test.p_worse_beyond_margin !== null ? num(a.test.p_worse_beyond_margin, 4) : "-"), "num"],
     ], x.results));
+    x.warnings.forEach((w, j) => main.append(el("p", { class: "warning", "data-testid": "experiment-" + i + "-warning-" + j, text: "Warning: " + w })));
     const rated = x.results.filter((a) => a.feedback.mean !== null);
     if (rated.length) {
       chart("chart-experiment-" + i, [{

@@ -214,9 +214,9 @@ def route(
     features = router.featurizer().transform([prompt])
     answer = router.answer_tokens(features, models)
     cost_usd = expected_costs([prompt], models, catalog, answer_tokens=answer)[0]
-    ood = router.ood_score(features)
+    near = router.nearness(features)
     p_pass = router.p_pass(
-        [prompt], models, cost_usd[None, :], features=features, catalog=catalog, ood_scores=ood
+        [prompt], models, cost_usd[None, :], features=features, catalog=catalog, nearness=near
     )
     chosen_threshold = router.default_threshold if threshold is None else threshold
     name = f"{router.name}@{getattr(router, 'version', '?')}"
@@ -230,4 +230,4 @@ def route(
         max_cost_usd,
         answer_value_usd,
     )
-    return replace(decision, ood_score=None if ood is None else float(ood[0]))
+    return replace(decision, ood_score=None if near is None else float(near.score[0]))

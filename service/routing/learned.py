@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import joblib
 import numpy as np
@@ -30,8 +30,11 @@ from sklearn.preprocessing import StandardScaler
 
 from service.catalog import Catalog
 from service.features import Embedder, Featurizer, MiniLMEmbedder, StaticMiniLMEmbedder
-from service.routing.ood import OutOfDomainScore
+from service.routing.ood import Nearness, OutOfDomainScore
 from service.routing.priors import AbilityPrior, prior_abilities
+
+# what P(pass) shrinks toward far from the training prompts (LearnedRouter.base_rates)
+BaseRate = Literal["nearest", "overall"]
 
 ARTIFACT = "router.joblib"
 METADATA = "router.json"
@@ -306,10 +309,10 @@ class LearnedRouter:
         self.answer_lengths = answer_lengths
         self.prior = prior
         self.ratings = ratings or {}
+        self._reference: dict[str, np.ndarray] = {}
         self.ood = ood
         # the base rate's weight in P(pass) is min(1, shrinkage x ood_score) (0: no shrinkage)
         self.shrinkage = shrinkage
-        self._base_rates: dict[str, float] = {}
         self._featurizer: Featurizer | None = None
         self._index = {m: j for j, m in enumerate(models)}
         self._priors: dict[str, tuple[np.ndarray, float]] = {}
@@ -331,6 +334,15 @@ class LearnedRouter:
             self.ood,
             self.shrinkage,
         )
+
+    @property
+    def ood(self) -> OutOfDomainScore | None:
+        return self._ood
+
+    @ood.setter
+    def ood(self, ood: OutOfDomainScore | None) -> None:
+        self._ood = ood
+        self._reference.clear()  # P(pass) on the old score's reference prompts
 
     @property
     def version(self) -> str:
@@ -367,10 +379,10 @@ class LearnedRouter:
             self._priors[model] = (a[0], float(b[0]))
         return self._priors[model]
 
-    def ood_score(self, features: np.ndarray) -> np.ndarray | None:
-        """How unlike the training prompts each prompt is (service/routing/ood.py), or None
-        for a router fitted without it."""
-        return None if self.ood is None else self.ood.score(features)
+    def nearness(self, features: np.ndarray) -> Nearness | None:
+        """How unlike the training prompts each prompt is, and its nearest training prompts
+        (service/routing/ood.py), or None for a router fitted without an OOD score."""
+        return None if self.ood is None else self.ood.assess(features)
 
     def p_pass(
         self,
@@ -380,44 +392,62 @@ class LearnedRouter:
         features: np.ndarray | None = None,
         catalog: Catalog | None = None,
         shrink: bool = True,
-        ood_scores: np.ndarray | None = None,
+        nearness: Nearness | None = None,
     ) -> np.ndarray:
         """Calibrated P(pass) (prompts x models). Models the router was not fitted on are
         scored on their prior (from ``catalog``'s prices) where the scorer can do that. Far
-        from the training prompts, P(pass) shrinks toward each model's base rate (its mean
-        P(pass) over a sample of training prompts): by min(1, ``shrinkage`` x ood_score), unless
-        ``shrink`` is False or the router has no shrinkage (``ood_scores``: the features' OOD
-        scores when the caller already has them)."""
+        from the training prompts, P(pass) shrinks toward each model's base rate on the
+        prompt's nearest kind of prompt (``base_rates``) by min(1, ``shrinkage`` x ood_score),
+        unless ``shrink`` is False or the router has no shrinkage (``nearness``: the features'
+        when the caller already has it)."""
         if features is None:
             features = self.featurizer().transform(prompts)
         out = self._scored(features, models, catalog)
         if shrink and self.shrinkage > 0 and self.ood is not None:
-            if ood_scores is None:
-                ood_scores = self.ood.score(features)
-            out = self.shrunk(out, ood_scores, models, catalog)
+            if nearness is None:
+                nearness = self.ood.assess(features)
+            out = self.shrunk(out, nearness, models, catalog)
         return out
 
     def shrunk(
         self,
         p: np.ndarray,
-        ood_scores: np.ndarray,
+        nearness: Nearness,
         models: Sequence[str],
         catalog: Catalog | None = None,
         shrinkage: float | None = None,
+        base: BaseRate = "nearest",
     ) -> np.ndarray:
         """``p`` (prompts x models) moved toward the models' base rates with weight
         min(1, shrinkage x ood_score) (the router's shrinkage unless one is given)."""
         amount = self.shrinkage if shrinkage is None else shrinkage
-        weight = np.minimum(1.0, amount * np.asarray(ood_scores))[:, None]
-        return (1.0 - weight) * p + weight * self.base_rates(models, catalog)[None, :]
+        weight = np.minimum(1.0, amount * nearness.score)[:, None]
+        return (1.0 - weight) * p + weight * self.base_rates(nearness, models, catalog, base)
 
-    def base_rates(self, models: Sequence[str], catalog: Catalog | None = None) -> np.ndarray:
-        """Each model's mean P(pass) over the training prompts the OOD score keeps."""
-        missing = [m for m in models if m not in self._base_rates]
-        if missing and self.ood is not None:
-            p = self._scored(self.ood.anchors_, missing, catalog)
-            self._base_rates.update(zip(missing, p.mean(axis=0).tolist(), strict=True))
-        return np.array([self._base_rates[m] for m in models])
+    def base_rates(
+        self,
+        nearness: Nearness,
+        models: Sequence[str],
+        catalog: Catalog | None = None,
+        base: BaseRate = "nearest",
+    ) -> np.ndarray:
+        """What is known of each model (columns) without reading the prompt (rows) itself: its
+        mean P(pass) on the prompt's nearest kind of prompt, the ``k`` nearest reference
+        prompts of the OOD score; ``base="overall"``: on every reference prompt (the rule
+        the nearest kind replaced, kept to compare them in docs/RESULTS.md)."""
+        reference = self._reference_p_pass(models, catalog)
+        if base == "overall":
+            return np.broadcast_to(reference.mean(axis=0), (len(nearness.score), len(models)))
+        return reference[nearness.neighbours].mean(axis=1)
+
+    def _reference_p_pass(self, models: Sequence[str], catalog: Catalog | None) -> np.ndarray:
+        """P(pass) of ``models`` (columns) on the OOD score's reference prompts, kept."""
+        assert self.ood is not None
+        missing = [m for m in models if m not in self._reference]
+        if missing:
+            p = self._scored(self.ood.reference_rows_, missing, catalog)
+            self._reference.update(zip(missing, p.T.astype(np.float32), strict=True))
+        return np.column_stack([self._reference[m] for m in models])
 
     def _scored(
         self, features: np.ndarray, models: Sequence[str], catalog: Catalog | None

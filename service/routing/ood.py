@@ -7,18 +7,20 @@ training source, a reference sample drawn from the other sources' training promp
 source's validation prompts (out of domain, label 1) and the other sources' validation prompts
 (in domain, label 0). ``ood_score`` is then the probability that a prompt comes from a kind of
 prompt the router has not seen. The shipped reference is a sample of every source's training
-prompts, of the same size as in the fit (the distance depends on the sample's density).
+prompts, of the same size as in the fit (the distance depends on the sample's density); its
+rows' full features are kept too, so that a router can take each model's pass rate on a
+prompt's nearest kind of prompt (its ``k`` nearest reference prompts).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 REFERENCE_SIZE = 2048
 NEIGHBOURS = 10
-ANCHORS = 256  # training prompts (all their features) over which base rates are taken
 
 
 def _unit(X: np.ndarray) -> np.ndarray:
@@ -33,13 +35,25 @@ def _sample(X: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     return X[rng.choice(len(X), size=size, replace=False)]
 
 
-def nearest_distance(reference: np.ndarray, X: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
-    """Mean cosine distance of each row of ``X`` to its ``k`` nearest rows of ``reference``
-    (both already unit length)."""
+def nearest(
+    reference: np.ndarray, X: np.ndarray, k: int = NEIGHBOURS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of ``X``'s mean cosine distance to its ``k`` nearest rows of ``reference``
+    (both already unit length), and those rows' indices (rows x k)."""
     similarity = X @ reference.T
     k = min(k, reference.shape[0])
-    top = np.partition(-similarity, k - 1, axis=1)[:, :k]
-    return np.maximum(1.0 + top.mean(axis=1), 1e-6)  # 1 - mean similarity of the k nearest
+    neighbours = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(similarity, neighbours, axis=1)
+    return np.maximum(1.0 - top.mean(axis=1), 1e-6), neighbours
+
+
+@dataclass(frozen=True)
+class Nearness:
+    """Prompts seen against the training prompts: ``score`` (ood_score, one per prompt) and
+    ``neighbours`` (the indices of each prompt's nearest reference prompts, prompts x k)."""
+
+    score: np.ndarray
+    neighbours: np.ndarray
 
 
 class OutOfDomainScore:
@@ -47,8 +61,8 @@ class OutOfDomainScore:
     ``embedding_dim`` columns are the embedding), ``score`` new rows. Fitted attributes:
     ``reference_`` (the embedding sample), ``coef_`` and ``intercept_`` (the logistic map of
     log distance), ``auroc_`` (per held-out source: how well the score tells its validation
-    prompts from the other sources' validation prompts), ``anchors_`` (a sample of training
-    feature rows, over which a router takes each model's base rate)."""
+    prompts from the other sources' validation prompts), ``reference_rows_`` (the reference
+    prompts' full feature rows, over which a router takes each model's base rates)."""
 
     def __init__(
         self,
@@ -69,8 +83,7 @@ class OutOfDomainScore:
         from sklearn.metrics import roc_auc_score
 
         rng = np.random.default_rng(self.seed)
-        everything = np.vstack(list(train.values()))
-        self.anchors_ = _sample(everything, ANCHORS, rng).astype(np.float32)
+        rows = _sample(np.vstack(list(train.values())), self.reference_size, rng)
         train = {s: self._embedded(X) for s, X in train.items()}
         val = {s: self._embedded(X) for s, X in val.items() if len(X)}
         distances, labels, held_out = [], [], []
@@ -78,7 +91,7 @@ class OutOfDomainScore:
             others = [X for s, X in train.items() if s != source]
             reference = _sample(np.vstack(others), self.reference_size, rng)
             for s, X in val.items():
-                distances.append(np.log(nearest_distance(reference, X, self.k)))
+                distances.append(np.log(nearest(reference, X, self.k)[0]))
                 labels.append(np.full(len(X), int(s == source)))
                 held_out.append(np.full(len(X), source, dtype=object))
         d, y, which = np.concatenate(distances), np.concatenate(labels), np.concatenate(held_out)
@@ -94,13 +107,19 @@ class OutOfDomainScore:
         self.auroc_ = {
             source: float(roc_auc_score(y[which == source], d[which == source])) for source in val
         }
-        self.reference_ = _sample(np.vstack(list(train.values())), self.reference_size, rng)
+        self.reference_rows_ = np.asarray(rows, dtype=np.float32)
+        self.reference_ = self._embedded(self.reference_rows_)
         return self
 
     def _embedded(self, X: np.ndarray) -> np.ndarray:
         return _unit(np.asarray(X)[:, : self.embedding_dim])
 
+    def assess(self, X: np.ndarray) -> Nearness:
+        """Each feature row of ``X``'s ood_score, in [0, 1], and nearest reference prompts."""
+        distance, neighbours = nearest(self.reference_, self._embedded(X), self.k)
+        score = 1.0 / (1.0 + np.exp(-(self.coef_ * np.log(distance) + self.intercept_)))
+        return Nearness(score, neighbours)
+
     def score(self, X: np.ndarray) -> np.ndarray:
         """ood_score of each feature row of ``X``, in [0, 1]."""
-        d = np.log(nearest_distance(self.reference_, self._embedded(X), self.k))
-        return 1.0 / (1.0 + np.exp(-(self.coef_ * d + self.intercept_)))
+        return self.assess(X).score
