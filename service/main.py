@@ -18,6 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from threadpoolctl import threadpool_limits
 
 from service.alerts import Alerts
 from service.analytics import Analytics, default_reference
@@ -270,6 +271,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin_id = await ledger.ensure_tenant(ADMIN_TENANT)
         state.local_principal = Principal(local_id, LOCAL_TENANT, None)
         state.admin_principal = Principal(admin_id, ADMIN_TENANT, None, admin=True)
+        # a routing decision is a few small matrix products: one math-library thread per
+        # process (replicas scale by processes); a pool of them would spin beside the event
+        # loop on every request and take the cores the other requests need
+        threadpool_limits(1)
         # what start-up built (router, catalog, libraries) lives as long as the process: keep it
         # out of the garbage collector's full passes, which otherwise stall every request
         gc.collect()
