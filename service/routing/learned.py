@@ -435,19 +435,23 @@ class LearnedRouter:
         mean P(pass) on the prompt's nearest kind of prompt, the ``k`` nearest reference
         prompts of the OOD score; ``base="overall"``: on every reference prompt (the rule
         the nearest kind replaced, kept to compare them in docs/RESULTS.md)."""
-        reference = self._reference_p_pass(models, catalog)
+        columns = self._reference_p_pass(models, catalog)
         if base == "overall":
-            return np.broadcast_to(reference.mean(axis=0), (len(nearness.score), len(models)))
-        return reference[nearness.neighbours].mean(axis=1)
+            means = np.array([column.mean() for column in columns])
+            return np.broadcast_to(means, (len(nearness.score), len(models)))
+        # gather only the neighbours' rows of each model's column (not the whole reference)
+        rows = nearness.neighbours.ravel()
+        near = np.column_stack([column[rows] for column in columns])
+        return near.reshape(*nearness.neighbours.shape, len(models)).mean(axis=1)
 
-    def _reference_p_pass(self, models: Sequence[str], catalog: Catalog | None) -> np.ndarray:
-        """P(pass) of ``models`` (columns) on the OOD score's reference prompts, kept."""
+    def _reference_p_pass(self, models: Sequence[str], catalog: Catalog | None) -> list[np.ndarray]:
+        """P(pass) of each of ``models`` on the OOD score's reference prompts, kept."""
         assert self.ood is not None
         missing = [m for m in models if m not in self._reference]
         if missing:
             p = self._scored(self.ood.reference_rows_, missing, catalog)
             self._reference.update(zip(missing, p.T.astype(np.float32), strict=True))
-        return np.column_stack([self._reference[m] for m in models])
+        return [self._reference[m] for m in models]
 
     def _scored(
         self, features: np.ndarray, models: Sequence[str], catalog: Catalog | None
